@@ -1,0 +1,188 @@
+//! `swinfc`: the user-facing tool. Thin: parses arguments and calls the swinfc libraries.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::backend::{Autodiff, Flex, flex::FlexDevice};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Parser, Subcommand, ValueEnum};
+use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
+use swinfc_model::weights::{self, ConvertReport, LoadReport};
+use swinfc_model::{LossConfig, ModelConfig, model_and_loss_from_yaml};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "swinfc", version, about = "SwinFC fine-grained classification: tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One evaluation-mode forward (and backward) pass, writing every output the parity
+    /// contract names: logits of each head, FSM indices, loss terms, gradients.
+    Forward {
+        /// YAML file; only its `model:` and `loss:` sections are read.
+        #[arg(long)]
+        config: PathBuf,
+        /// Weights: ours, timm's (.safetensors/.pth) or an official Microsoft .pth.
+        #[arg(long)]
+        weights: PathBuf,
+        /// safetensors with `images` f32 [B,3,H,W] and `labels` i64 [B].
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write `grad.<name>` of every parameter (backward of `loss.total`).
+        #[arg(long)]
+        grads: bool,
+        #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+        backend: BackendArg,
+    },
+    /// Convert an official Microsoft or timm checkpoint to swinfc safetensors (timm ≥ 0.9 names).
+    ImportWeights {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Drop the classifier head when it has a different number of classes.
+        #[arg(long)]
+        num_classes: Option<usize>,
+        /// Check the result against this config's `model:` (resizing bias tables to its window).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Cuda,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Forward {
+            config,
+            weights,
+            input,
+            output,
+            grads,
+            backend,
+        } => {
+            let (model_cfg, loss_cfg) = read_config(&config)?;
+            let run =
+                |dev| forward::<Autodiff<Flex>>(&model_cfg, &loss_cfg, &weights, &input, &output, grads, dev);
+            match backend {
+                BackendArg::Cpu => run(&FlexDevice),
+                BackendArg::Cuda => forward_cuda(&model_cfg, &loss_cfg, &weights, &input, &output, grads),
+            }
+        }
+        Command::ImportWeights {
+            input,
+            output,
+            num_classes,
+            config,
+        } => import_weights(&input, &output, num_classes, config.as_deref()),
+    }
+}
+
+fn read_config(path: &Path) -> Result<(ModelConfig, LossConfig)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    model_and_loss_from_yaml(&doc).with_context(|| format!("in {}", path.display()))
+}
+
+fn forward<B: AutodiffBackend>(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    grads: bool,
+    dev: &B::Device,
+) -> Result<()> {
+    let model = model_cfg.init::<B>(0, dev);
+    let (model, convert, load) = weights::load_pretrained(model, weights)?;
+    log_reports(&convert, &load);
+    let outputs = probe(&model, read_probe_input(input)?, loss_cfg, grads);
+    write_probe_output(output, &outputs)?;
+    info!(tensors = outputs.len(), path = %output.display(), "wrote outputs");
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn forward_cuda(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    grads: bool,
+) -> Result<()> {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    if swinfc_model::backend::cuda_device_count() == 0 {
+        bail!("--backend cuda: no CUDA device is visible (is libcuda installed and a GPU present?)");
+    }
+    forward::<Autodiff<Cuda>>(
+        model_cfg,
+        loss_cfg,
+        weights,
+        input,
+        output,
+        grads,
+        &CudaDevice::new(0),
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+fn forward_cuda(_: &ModelConfig, _: &LossConfig, _: &Path, _: &Path, _: &Path, _: bool) -> Result<()> {
+    bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
+}
+
+fn import_weights(
+    input: &Path,
+    output: &Path,
+    num_classes: Option<usize>,
+    config: Option<&Path>,
+) -> Result<()> {
+    let model = match config {
+        Some(path) => {
+            let (mut cfg, _) = read_config(path)?;
+            cfg.num_classes = num_classes.unwrap_or(cfg.num_classes);
+            Some(cfg.init::<Flex>(0, &FlexDevice))
+        }
+        None => None,
+    };
+    let (dict, convert, load) = weights::import_checkpoint(input, model, num_classes)?;
+    log_reports(&convert, &load);
+    weights::write_safetensors(output, &dict, None)?;
+    info!(tensors = dict.len(), path = %output.display(), "wrote weights");
+    Ok(())
+}
+
+fn log_reports(convert: &ConvertReport, load: &LoadReport) {
+    info!(
+        layout = ?convert.layout,
+        unwrapped = ?convert.unwrapped,
+        dropped = convert.dropped.len(),
+        resized = ?convert.resized,
+        "converted checkpoint"
+    );
+    if load.loaded > 0 {
+        info!(loaded = load.loaded, "loaded weights");
+    }
+    for key in &load.initialised {
+        info!(%key, "not in the weights: initialised (seeded)");
+    }
+    for key in &load.unexpected {
+        info!(%key, "in the weights but not in the model: ignored");
+    }
+}
