@@ -1,0 +1,87 @@
+//! Loading weights by name: what is missing, what is unexpected, and bias-table resizing.
+
+use std::path::Path;
+
+use burn::backend::Flex;
+use swinfc_model::ModelConfig;
+use swinfc_model::weights::{
+    HostTensor, WeightsError, load_state_dict, read_state_dict, resize_bias_table, state_dict,
+};
+
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        num_classes: 5,
+        ..ModelConfig::preset("tiny").unwrap()
+    }
+}
+
+#[test]
+fn state_dict_round_trips_through_loading() {
+    let source = tiny().init::<Flex>(1, &Default::default());
+    let dict = state_dict(&source);
+    let (loaded, report) = load_state_dict(tiny().init::<Flex>(2, &Default::default()), &dict).unwrap();
+    assert_eq!(report.loaded, dict.len());
+    assert!(report.initialised.is_empty() && report.unexpected.is_empty());
+    assert_eq!(state_dict(&loaded), dict);
+}
+
+#[test]
+fn missing_new_modules_keep_their_seeded_init_and_are_listed() {
+    let source = state_dict(&tiny().init::<Flex>(1, &Default::default()));
+    let mut dict = source.clone();
+    dict.retain(|k, _| !k.starts_with("eaca."));
+    dict.insert(
+        "extra.thing".into(),
+        HostTensor {
+            shape: vec![1],
+            data: vec![0.0],
+        },
+    );
+    let fresh = tiny().init::<Flex>(2, &Default::default());
+    let fresh_eaca = state_dict(&fresh)["eaca.s3.ea.mk.weight"].clone();
+    let (loaded, report) = load_state_dict(fresh, &dict).unwrap();
+    assert!(report.initialised.iter().all(|k| k.starts_with("eaca.")));
+    assert_eq!(
+        report.initialised.len(),
+        source.keys().filter(|k| k.starts_with("eaca.")).count()
+    );
+    assert_eq!(report.unexpected, vec!["extra.thing".to_string()]);
+    let after = state_dict(&loaded);
+    assert_eq!(after["eaca.s3.ea.mk.weight"], fresh_eaca);
+    assert_eq!(
+        after["layers.2.blocks.1.mlp.fc1.weight"],
+        source["layers.2.blocks.1.mlp.fc1.weight"]
+    );
+}
+
+#[test]
+fn missing_backbone_key_is_an_error_naming_it() {
+    let mut dict = state_dict(&tiny().init::<Flex>(1, &Default::default()));
+    dict.remove("layers.1.downsample.norm.weight");
+    let err = load_state_dict(tiny().init::<Flex>(2, &Default::default()), &dict).unwrap_err();
+    assert!(
+        matches!(err, WeightsError::MissingBackbone { ref key } if key == "layers.1.downsample.norm.weight")
+    );
+    assert!(err.to_string().contains("layers.1.downsample.norm.weight"));
+}
+
+#[test]
+fn bias_table_resize_is_torch_bicubic() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity/relpos_resize.safetensors");
+    let tables = read_state_dict(&path).unwrap();
+    let resized = resize_bias_table(&tables["table.w4"], 169).unwrap();
+    let want = &tables["table.w4_to_w7_torch_bicubic"];
+    assert_eq!(resized.shape, want.shape);
+    let err = resized
+        .data
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err < 1e-5, "max abs error {err}");
+    assert!(
+        resize_bias_table(&tables["table.w4"], 50).is_none(),
+        "50 rows is not an odd square"
+    );
+}
