@@ -4,7 +4,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
@@ -14,11 +14,13 @@ use crate::drop_path::drop_path;
 /// The mask value timm adds between tokens of different shifted regions.
 const MASKED: f32 = -100.0;
 
+/// timm's `_init_weights`: weights N(0, 0.02) (its truncation at ±2 never bites at that std),
+/// biases zero.
 pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, dev: &B::Device) -> Linear<B> {
-    LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
-        .init(dev)
+    Linear {
+        weight: Initializer::Normal { mean: 0.0, std: 0.02 }.init([d_in, d_out], dev),
+        bias: bias.then(|| Initializer::Zeros.init([d_out], dev)),
+    }
 }
 
 pub(crate) fn layer_norm<B: Backend>(d: usize, dev: &B::Device) -> LayerNorm<B> {
