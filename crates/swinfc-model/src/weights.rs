@@ -275,11 +275,12 @@ pub fn to_new_layout(mut dict: StateDict) -> (StateDict, ConvertReport) {
         dropped: Vec::new(),
         resized: Vec::new(),
     };
+    // Official checkpoints wrap the weights as {'model': …}, sometimes beside optimizer state.
     for prefix in ["model.", "state_dict."] {
-        if !dict.is_empty() && dict.keys().all(|k| k.starts_with(prefix)) {
+        if dict.contains_key(&format!("{prefix}patch_embed.proj.weight")) {
             dict = dict
                 .into_iter()
-                .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+                .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v)))
                 .collect();
             report.unwrapped = Some(prefix.trim_end_matches('.').to_string());
         }
@@ -352,6 +353,8 @@ pub fn fit_to(dict: &mut StateDict, target: &BTreeMap<String, Vec<usize>>, repor
 
 /// Resizes a relative-position bias table [(2w−1)², heads] to `rows` = (2w'−1)² rows, bicubically
 /// over its (2w−1)×(2w−1) grid as torch's `interpolate(mode="bicubic", align_corners=False)`.
+/// This is the official Microsoft loader's resize (spec §2.2 rule 5); timm 1.0's
+/// `checkpoint_filter_fn` uses a BEiT-style geometric resize instead, which differs by up to ~0.2.
 /// `None` when either row count is not an odd square.
 pub fn resize_bias_table(table: &HostTensor, rows: usize) -> Option<HostTensor> {
     let side_of = |n: usize| {

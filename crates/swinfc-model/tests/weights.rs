@@ -85,3 +85,23 @@ fn bias_table_resize_is_torch_bicubic() {
         "50 rows is not an odd square"
     );
 }
+
+#[test]
+fn official_wrapper_is_unwrapped_and_its_other_entries_dropped() {
+    let weights = state_dict(&tiny().init::<Flex>(1, &Default::default()));
+    let mut wrapped: swinfc_model::weights::StateDict = weights
+        .iter()
+        .map(|(k, v)| (format!("model.{k}"), v.clone()))
+        .collect();
+    wrapped.insert(
+        "optimizer.state.0.momentum_buffer".into(),
+        HostTensor {
+            shape: vec![1],
+            data: vec![1.0],
+        },
+    );
+    let (dict, report) = swinfc_model::weights::to_new_layout(wrapped);
+    assert_eq!(report.unwrapped.as_deref(), Some("model"));
+    assert_eq!(report.layout, swinfc_model::weights::Layout::New);
+    assert_eq!(dict, weights);
+}
