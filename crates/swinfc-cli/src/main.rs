@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, model_and_loss_from_yaml};
@@ -22,24 +22,7 @@ struct Cli {
 enum Command {
     /// One evaluation-mode forward (and backward) pass, writing every output the parity
     /// contract names: logits of each head, FSM indices, loss terms, gradients.
-    Forward {
-        /// YAML file; only its `model:` and `loss:` sections are read.
-        #[arg(long)]
-        config: PathBuf,
-        /// Weights: ours, timm's (.safetensors/.pth) or an official Microsoft .pth.
-        #[arg(long)]
-        weights: PathBuf,
-        /// safetensors with `images` f32 [B,3,H,W] and `labels` i64 [B].
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
-        /// Also write `grad.<name>` of every parameter (backward of `loss.total`).
-        #[arg(long)]
-        grads: bool,
-        #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-        backend: BackendArg,
-    },
+    Forward(ForwardArgs),
     /// Convert an official Microsoft or timm checkpoint to swinfc safetensors (timm ≥ 0.9 names).
     ImportWeights {
         input: PathBuf,
@@ -52,6 +35,26 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    /// YAML file; only its `model:` and `loss:` sections are read.
+    #[arg(long)]
+    config: PathBuf,
+    /// Weights: ours, timm's (.safetensors/.pth) or an official Microsoft .pth.
+    #[arg(long)]
+    weights: PathBuf,
+    /// safetensors with `images` f32 [B,3,H,W] and `labels` i64 [B].
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    /// Also write `grad.<name>` of every parameter (backward of `loss.total`).
+    #[arg(long)]
+    grads: bool,
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,22 +71,10 @@ fn main() -> Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Forward {
-            config,
-            weights,
-            input,
-            output,
-            grads,
-            backend,
-        } => {
-            let (model_cfg, loss_cfg) = read_config(&config)?;
-            let run =
-                |dev| forward::<Autodiff<Flex>>(&model_cfg, &loss_cfg, &weights, &input, &output, grads, dev);
-            match backend {
-                BackendArg::Cpu => run(&FlexDevice),
-                BackendArg::Cuda => forward_cuda(&model_cfg, &loss_cfg, &weights, &input, &output, grads),
-            }
-        }
+        Command::Forward(args) => match args.backend {
+            BackendArg::Cpu => forward::<Autodiff<Flex>>(&args, &FlexDevice),
+            BackendArg::Cuda => forward_cuda(&args),
+        },
         Command::ImportWeights {
             input,
             output,
@@ -100,50 +91,28 @@ fn read_config(path: &Path) -> Result<(ModelConfig, LossConfig)> {
     model_and_loss_from_yaml(&doc).with_context(|| format!("in {}", path.display()))
 }
 
-fn forward<B: AutodiffBackend>(
-    model_cfg: &ModelConfig,
-    loss_cfg: &LossConfig,
-    weights: &Path,
-    input: &Path,
-    output: &Path,
-    grads: bool,
-    dev: &B::Device,
-) -> Result<()> {
+fn forward<B: AutodiffBackend>(args: &ForwardArgs, dev: &B::Device) -> Result<()> {
+    let (model_cfg, loss_cfg) = read_config(&args.config)?;
     let model = model_cfg.init::<B>(0, dev);
-    let (model, convert, load) = weights::load_pretrained(model, weights)?;
+    let (model, convert, load) = weights::load_pretrained(model, &args.weights)?;
     log_reports(&convert, &load);
-    let outputs = probe(&model, read_probe_input(input)?, loss_cfg, grads);
-    write_probe_output(output, &outputs)?;
-    info!(tensors = outputs.len(), path = %output.display(), "wrote outputs");
+    let outputs = probe(&model, read_probe_input(&args.input)?, &loss_cfg, args.grads);
+    write_probe_output(&args.output, &outputs)?;
+    info!(tensors = outputs.len(), path = %args.output.display(), "wrote outputs");
     Ok(())
 }
 
 #[cfg(feature = "cuda")]
-fn forward_cuda(
-    model_cfg: &ModelConfig,
-    loss_cfg: &LossConfig,
-    weights: &Path,
-    input: &Path,
-    output: &Path,
-    grads: bool,
-) -> Result<()> {
+fn forward_cuda(args: &ForwardArgs) -> Result<()> {
     use burn::backend::{Cuda, cuda::CudaDevice};
     if swinfc_model::backend::cuda_device_count() == 0 {
         bail!("--backend cuda: no CUDA device is visible (is libcuda installed and a GPU present?)");
     }
-    forward::<Autodiff<Cuda>>(
-        model_cfg,
-        loss_cfg,
-        weights,
-        input,
-        output,
-        grads,
-        &CudaDevice::new(0),
-    )
+    forward::<Autodiff<Cuda>>(args, &CudaDevice::new(0))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn forward_cuda(_: &ModelConfig, _: &LossConfig, _: &Path, _: &Path, _: &Path, _: bool) -> Result<()> {
+fn forward_cuda(_: &ForwardArgs) -> Result<()> {
     bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
 }
 

@@ -16,7 +16,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::config::LossConfig;
 use crate::loss::swinfc_loss;
 use crate::model::SwinFc;
-use crate::weights::{WeightsError, state_dict};
+use crate::weights::{WeightsError, file_error, state_dict};
 
 /// A host tensor of one of the two element types the probe files use.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,13 +29,6 @@ pub enum ProbeTensor {
 pub struct ProbeInput {
     pub images: TensorData,
     pub labels: TensorData,
-}
-
-fn file_error(path: &Path, message: impl ToString) -> WeightsError {
-    WeightsError::File {
-        path: path.to_path_buf(),
-        message: message.to_string(),
-    }
 }
 
 /// Reads `images` and `labels` from a safetensors file, checking dtypes and shapes.

@@ -40,7 +40,7 @@ pub enum WeightsError {
     Apply(String),
 }
 
-fn file_error(path: &Path, message: impl ToString) -> WeightsError {
+pub(crate) fn file_error(path: &Path, message: impl ToString) -> WeightsError {
     WeightsError::File {
         path: path.to_path_buf(),
         message: message.to_string(),
