@@ -1,0 +1,327 @@
+//! The run configuration: one YAML file with the sections `run`, `model`, `loss`, `data`, `train`,
+//! `eval`, `checkpoint` and `metrics`, plus `--set key=value` overrides. Every key is known by
+//! name; anything else is an error naming its dotted path.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+use sha2::{Digest, Sha256};
+use swinfc_model::{ConfigError, LossConfig, ModelConfig};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSection {
+    pub name: String,
+    pub dir: PathBuf,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSection {
+    pub global_batch: usize,
+    pub micro_batch: usize,
+    pub total_steps: u64,
+    pub warmup_steps: u64,
+    pub lr_backbone: f64,
+    pub lr_new: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Global-norm clip; 0 disables clipping.
+    pub grad_clip: f64,
+    pub precision: Precision,
+    /// Pretrained backbone weights (official, timm or ours); none means random init.
+    pub pretrained: Option<PathBuf>,
+    /// Consecutive non-finite steps tolerated before the run stops.
+    pub max_nonfinite_steps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalSection {
+    /// 0: only at the end of training.
+    pub every_steps: u64,
+    pub split: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSection {
+    /// 0: only at the end (and on preemption).
+    pub every_steps: u64,
+    pub keep_last: usize,
+    /// Also keep the checkpoint with the best combined top-1.
+    pub keep_best: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSection {
+    pub listen: String,
+    /// Steps between step-summary records.
+    pub log_every: u64,
+}
+
+/// A validated run configuration, and the resolved YAML it came from.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub run: RunSection,
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    /// The `data:` section, parsed by swinfc-data.
+    pub data: Value,
+    pub train: TrainSection,
+    pub eval: EvalSection,
+    pub checkpoint: CheckpointSection,
+    pub metrics: MetricsSection,
+    /// The document after overrides: what is written to the run directory and hashed.
+    pub resolved: Value,
+}
+
+const SECTIONS: [&str; 8] = [
+    "run",
+    "model",
+    "loss",
+    "data",
+    "train",
+    "eval",
+    "checkpoint",
+    "metrics",
+];
+
+impl TrainConfig {
+    /// Reads `path`, applies `overrides` (`train.lr_new=0.01`; values are YAML) and validates.
+    /// Errors name the file and the key.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&file, e.to_string()))?;
+        let mut doc: Value =
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::new(&file, e.to_string()))?;
+        for item in overrides {
+            apply_override(&mut doc, item)?;
+        }
+        Self::from_yaml(doc)
+    }
+
+    pub fn from_yaml(doc: Value) -> Result<Self, ConfigError> {
+        let root = doc
+            .as_mapping()
+            .ok_or_else(|| ConfigError::new("<root>", "expected a mapping of sections"))?;
+        for key in root.keys() {
+            match key.as_str() {
+                Some(name) if SECTIONS.contains(&name) => {}
+                Some(name) => return Err(ConfigError::new(name, "unknown section")),
+                None => return Err(ConfigError::new("<root>", format!("non-string key {key:?}"))),
+            }
+        }
+        let (model, loss) = swinfc_model::model_and_loss_from_yaml(&doc)?;
+
+        let mut s = Section::new(root.get("run"), "run")?;
+        let run = RunSection {
+            name: s.required("name")?,
+            dir: s.required("dir")?,
+            seed: s.get("seed", 0)?,
+        };
+        s.finish()?;
+
+        let mut s = Section::new(root.get("train"), "train")?;
+        let precision: String = s.get("precision", "fp32".to_string())?;
+        let train = TrainSection {
+            global_batch: s.required("global_batch")?,
+            micro_batch: s.required("micro_batch")?,
+            total_steps: s.required("total_steps")?,
+            warmup_steps: s.get("warmup_steps", 0)?,
+            lr_backbone: s.required("lr_backbone")?,
+            lr_new: s.required("lr_new")?,
+            momentum: s.get("momentum", 0.9)?,
+            weight_decay: s.get("weight_decay", 0.0)?,
+            grad_clip: s.get("grad_clip", 0.0)?,
+            precision: match precision.as_str() {
+                "fp32" => Precision::Fp32,
+                "bf16" => Precision::Bf16,
+                other => {
+                    return Err(ConfigError::new(
+                        "train.precision",
+                        format!("`{other}`: expected fp32 or bf16"),
+                    ));
+                }
+            },
+            pretrained: s.get("pretrained", None)?,
+            max_nonfinite_steps: s.get("max_nonfinite_steps", 5)?,
+        };
+        s.finish()?;
+
+        let mut s = Section::new(root.get("eval"), "eval")?;
+        let eval = EvalSection {
+            every_steps: s.get("every_steps", 0)?,
+            split: s.get("split", "test".to_string())?,
+        };
+        s.finish()?;
+
+        let mut s = Section::new(root.get("checkpoint"), "checkpoint")?;
+        let checkpoint = CheckpointSection {
+            every_steps: s.get("every_steps", 0)?,
+            keep_last: s.get("keep_last", 2)?,
+            keep_best: s.get("keep_best", true)?,
+        };
+        s.finish()?;
+
+        let mut s = Section::new(root.get("metrics"), "metrics")?;
+        let metrics = MetricsSection {
+            listen: s.get("listen", "127.0.0.1:9420".to_string())?,
+            log_every: s.get("log_every", 10)?,
+        };
+        s.finish()?;
+
+        let data = root
+            .get("data")
+            .cloned()
+            .ok_or_else(|| ConfigError::new("data", "missing section"))?;
+        let cfg = Self {
+            run,
+            model,
+            loss,
+            data,
+            train,
+            eval,
+            checkpoint,
+            metrics,
+            resolved: doc.clone(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.train;
+        if t.micro_batch == 0 || t.global_batch == 0 {
+            return Err(ConfigError::new(
+                "train.micro_batch",
+                "batch sizes must be at least 1",
+            ));
+        }
+        if !t.global_batch.is_multiple_of(t.micro_batch) {
+            return Err(ConfigError::new(
+                "train.global_batch",
+                format!(
+                    "{} is not a multiple of train.micro_batch {}",
+                    t.global_batch, t.micro_batch
+                ),
+            ));
+        }
+        if t.total_steps == 0 {
+            return Err(ConfigError::new("train.total_steps", "must be at least 1"));
+        }
+        if t.warmup_steps > t.total_steps {
+            return Err(ConfigError::new(
+                "train.warmup_steps",
+                "exceeds train.total_steps",
+            ));
+        }
+        if self.eval.split != "test" {
+            return Err(ConfigError::new("eval.split", "only `test` is supported"));
+        }
+        if self.checkpoint.keep_last == 0 {
+            return Err(ConfigError::new(
+                "checkpoint.keep_last",
+                "must keep at least one checkpoint",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Micro-batches each worker accumulates per optimizer step: global / (world · micro).
+    pub fn grad_accum(&self, world_size: usize) -> Result<usize, ConfigError> {
+        let (global, micro) = (self.train.global_batch, self.train.micro_batch);
+        if world_size == 0 || !global.is_multiple_of(world_size * micro) {
+            return Err(ConfigError::new(
+                "train.global_batch",
+                format!(
+                    "{global} is not divisible by world_size {world_size} × micro_batch {micro} = {}",
+                    world_size * micro
+                ),
+            ));
+        }
+        Ok(global / (world_size * micro))
+    }
+
+    /// The resolved YAML, as written into the run directory.
+    pub fn resolved_yaml(&self) -> String {
+        serde_yaml::to_string(&self.resolved).expect("a parsed YAML document serialises")
+    }
+
+    /// sha256 of the resolved YAML: recorded in checkpoints to notice a changed config on resume.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.resolved_yaml().as_bytes()))
+    }
+}
+
+/// `a.b.c=value`: sets that key (creating mappings on the way); the value is parsed as YAML.
+pub fn apply_override(doc: &mut Value, item: &str) -> Result<(), ConfigError> {
+    let (path, raw) = item
+        .split_once('=')
+        .ok_or_else(|| ConfigError::new(item, "--set takes key=value"))?;
+    let value: Value = serde_yaml::from_str(raw).map_err(|e| ConfigError::new(path, e.to_string()))?;
+    let mut node = doc;
+    let keys: Vec<&str> = path.split('.').collect();
+    for (i, key) in keys.iter().enumerate() {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Mapping::new());
+        }
+        let map = node.as_mapping_mut().expect("made a mapping above");
+        let key = Value::String(key.to_string());
+        if i + 1 == keys.len() {
+            map.insert(key, value);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert(Value::Null);
+    }
+    Err(ConfigError::new(item, "empty key"))
+}
+
+/// One section's keys, taken one by one so the leftovers are exactly the unknown keys.
+struct Section {
+    path: &'static str,
+    map: Mapping,
+}
+
+impl Section {
+    fn new(value: Option<&Value>, path: &'static str) -> Result<Self, ConfigError> {
+        let map = match value {
+            None | Some(Value::Null) => Mapping::new(),
+            Some(Value::Mapping(m)) => m.clone(),
+            Some(_) => return Err(ConfigError::new(path, "expected a mapping of keys")),
+        };
+        Ok(Self { path, map })
+    }
+
+    fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(v) => serde_yaml::from_value(v)
+                .map(Some)
+                .map_err(|e| ConfigError::new(format!("{}.{key}", self.path), e.to_string())),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&mut self, key: &str, default: T) -> Result<T, ConfigError> {
+        Ok(self.take(key)?.unwrap_or(default))
+    }
+
+    fn required<T: DeserializeOwned>(&mut self, key: &str) -> Result<T, ConfigError> {
+        self.take(key)?
+            .ok_or_else(|| ConfigError::new(format!("{}.{key}", self.path), "missing"))
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        match self.map.keys().next() {
+            Some(key) => Err(ConfigError::new(
+                format!("{}.{}", self.path, key.as_str().unwrap_or("?")),
+                "unknown key",
+            )),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The swinfc worker: run configuration, the optimizer and its schedule, the training step,
+//! evaluation and checkpoints.
+//!
+//! Owns: everything a worker process does with a model replica. Must not: spawn processes or
+//! handle signals (the launcher does), or open listening ports.
+
+pub mod checkpoint;
+pub mod config;
+pub mod optim;
+
+pub use config::TrainConfig;

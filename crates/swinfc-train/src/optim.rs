@@ -1,0 +1,230 @@
+//! SGD with momentum over a flat gradient buffer, with the two learning-rate groups of the spec.
+//!
+//! Gradients travel between workers as one flat buffer in a fixed parameter order (the model's
+//! visit order, identical in every process). The update is torch's `SGD(momentum, dampening=0,
+//! weight_decay)`: v ← μ·v + (g + λ·p); p ← p − lr·v. It is written here rather than taken from
+//! Burn so that momentum lives in the same flat order and checkpoints by parameter name.
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use swinfc_model::weights::{StateDict, WeightsError, load_state_dict, state_dict};
+use swinfc_model::{ParamGroup, SwinFc};
+
+/// One parameter in flat order.
+#[derive(Debug, Clone)]
+pub struct ParamSlot {
+    pub id: ParamId,
+    /// PyTorch name (`layers.0.blocks.1.attn.qkv.weight`).
+    pub name: String,
+    pub offset: usize,
+    pub numel: usize,
+    pub group: ParamGroup,
+}
+
+/// The flat layout of a model's parameters, in visit order.
+#[derive(Debug, Clone)]
+pub struct FlatLayout {
+    pub slots: Vec<ParamSlot>,
+    pub len: usize,
+}
+
+impl FlatLayout {
+    pub fn of<B: Backend>(model: &SwinFc<B>) -> Self {
+        let mut offset = 0;
+        let slots = model
+            .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+            .into_iter()
+            .map(|s| {
+                let numel = s.shape.num_elements();
+                let slot = ParamSlot {
+                    id: s.tensor_id.expect("collected parameters carry their id"),
+                    group: ParamGroup::of(&s.full_path()),
+                    name: s.full_path(),
+                    offset,
+                    numel,
+                };
+                offset += numel;
+                slot
+            })
+            .collect();
+        Self { slots, len: offset }
+    }
+}
+
+/// Concatenates the gradients in flat order (zeros for a parameter without one): [len].
+pub fn flatten_grads<B: AutodiffBackend>(
+    model: &SwinFc<B>,
+    grads: &GradientsParams,
+) -> Tensor<B::InnerBackend, 1> {
+    let mut parts = Vec::new();
+    model.visit(&mut CollectGrads::<B> {
+        grads,
+        parts: &mut parts,
+    });
+    Tensor::cat(parts, 0)
+}
+
+struct CollectGrads<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    parts: &'a mut Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for CollectGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.shape().num_elements();
+        let grad = match self.grads.get::<B::InnerBackend, D>(param.id) {
+            Some(g) => g.reshape([n]),
+            None => Tensor::zeros([n], &param.val().device()),
+        };
+        self.parts.push(grad);
+    }
+}
+
+/// Host values → a flat tensor on `device`.
+pub fn flat_tensor<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+/// Hyper-parameters of one update.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSettings {
+    pub lr_backbone: f64,
+    pub lr_new: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+}
+
+/// Momentum buffers, flat per parameter in visit order.
+pub struct Sgd<B: AutodiffBackend> {
+    velocity: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> Sgd<B> {
+    pub fn new(layout: &FlatLayout, device: &burn::tensor::Device<B::InnerBackend>) -> Self {
+        Self {
+            velocity: layout
+                .slots
+                .iter()
+                .map(|s| Tensor::zeros([s.numel], device))
+                .collect(),
+        }
+    }
+
+    /// Applies one update with the (already averaged and clipped) flat gradient.
+    pub fn step(
+        &mut self,
+        model: SwinFc<B>,
+        grad: Tensor<B::InnerBackend, 1>,
+        settings: StepSettings,
+    ) -> SwinFc<B> {
+        let layout = FlatLayout::of(&model);
+        model.map(&mut Update {
+            layout: &layout,
+            grad,
+            velocity: &mut self.velocity,
+            settings,
+            index: 0,
+        })
+    }
+
+    /// Momentum buffers by parameter name, in PyTorch layout (as `model.safetensors`).
+    pub fn state_dict(&self, model: &SwinFc<B>) -> StateDict {
+        let as_values = model.valid().map(&mut ReplaceValues::<B::InnerBackend> {
+            values: &self.velocity,
+            index: 0,
+        });
+        state_dict(&as_values)
+    }
+
+    /// Restores buffers written by [`Sgd::state_dict`]; every parameter must be present.
+    pub fn load_state_dict(model: &SwinFc<B>, dict: &StateDict) -> Result<Self, WeightsError> {
+        let (loaded, report) = load_state_dict(model.valid(), dict)?;
+        if let Some(key) = report.initialised.first() {
+            return Err(WeightsError::MissingBackbone { key: key.clone() });
+        }
+        let mut velocity = Vec::new();
+        loaded.visit(&mut CollectValues { out: &mut velocity });
+        Ok(Self { velocity })
+    }
+}
+
+struct Update<'a, B: AutodiffBackend> {
+    layout: &'a FlatLayout,
+    grad: Tensor<B::InnerBackend, 1>,
+    velocity: &'a mut Vec<Tensor<B::InnerBackend, 1>>,
+    settings: StepSettings,
+    index: usize,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let slot = &self.layout.slots[self.index];
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.shape();
+        let s = self.settings;
+        let lr = match slot.group {
+            ParamGroup::Backbone => s.lr_backbone,
+            ParamGroup::New => s.lr_new,
+        };
+        let p = tensor.inner().reshape([slot.numel]);
+        let g = self.grad.clone().narrow(0, slot.offset, slot.numel);
+        let d = if s.weight_decay != 0.0 {
+            g + p.clone().mul_scalar(s.weight_decay)
+        } else {
+            g
+        };
+        let v = self.velocity[self.index].clone().mul_scalar(s.momentum) + d;
+        let p = p - v.clone().mul_scalar(lr);
+        self.velocity[self.index] = v;
+        self.index += 1;
+        let updated = Tensor::from_inner(p.reshape(shape)).require_grad();
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+struct ReplaceValues<'a, B: Backend> {
+    values: &'a [Tensor<B, 1>],
+    index: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for ReplaceValues<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let value = self.values[self.index].clone().reshape(tensor.shape());
+        self.index += 1;
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+struct CollectValues<'a, B: Backend> {
+    out: &'a mut Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for CollectValues<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.shape().num_elements();
+        self.out.push(param.val().reshape([n]));
+    }
+}
+
+/// Linear warmup to `base` over `warmup` steps, then cosine to 0 at `total` (step is 0-based).
+pub fn learning_rate(step: u64, base: f64, warmup: u64, total: u64) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    0.5 * base * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+}
+
+/// Global L2 norm of the flat gradient, and the factor torch's `clip_grad_norm_` scales by.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
