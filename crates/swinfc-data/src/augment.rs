@@ -5,7 +5,7 @@
 //!   with the downscale factor (antialiased, as torchvision's `Resize` on PIL images), in PIL's
 //!   fixed-point arithmetic with 8-bit rounding between the horizontal and vertical passes;
 //! - rotation: `RandomRotation` defaults — nearest neighbour about the image centre, same size,
-//!   fill 0 (black), PIL's pixel-centre convention;
+//!   fill 0 (black), bit-identical to Pillow's fixed-point nearest-neighbour path;
 //! - crop: `RandomCrop` (train) / `CenterCrop` (test, Python's round-half-even offset);
 //! - flip: `RandomHorizontalFlip(0.5)`;
 //! - normalise: `ToTensor` + `Normalize(ImageNet mean, std)` in f32, through a per-channel table.
@@ -110,37 +110,43 @@ impl Pipeline {
     }
 
     /// Rotate `img` (square, `resize` side) about its centre, crop, flip, normalise: all in one
-    /// pass over the output. PIL maps output pixel centre (x+.5, y+.5) through the inverse
-    /// rotation and takes the source pixel by flooring (negative → outside → fill).
+    /// pass over the output. The rotation is Pillow's `Image.rotate(angle, NEAREST, fillcolor=0)`
+    /// bit for bit: the same inverse matrix (entries rounded to 15 decimals as in Python), mapped
+    /// through Pillow's 16.16 fixed-point nearest-neighbour path (`affine_fixed`), which samples
+    /// at pixel centres and floors.
     fn rotate_crop_normalise(&self, img: &RgbImage, p: &TrainParams, out: &mut [f32]) {
         let n = self.crop;
         assert_eq!(out.len(), 3 * n * n, "output buffer size");
-        let (w, h) = (img.width, img.height);
-        // PIL's Image.rotate: matrix for angle -θ, translated so the centre stays put.
+        let (w, h) = (img.width as i64, img.height as i64);
+        let round15 = |v: f64| (v * 1e15).round() / 1e15;
         let theta = -p.angle_deg.to_radians();
-        let (a, b) = (theta.cos(), theta.sin());
-        let (d, e) = (-b, a);
+        let (a, b) = (round15(theta.cos()), round15(theta.sin()));
+        let (d, e) = (round15(-theta.sin()), round15(theta.cos()));
         let (cx, cy) = (w as f64 / 2.0, h as f64 / 2.0);
         let c = a * -cx + b * -cy + cx;
         let f = d * -cx + e * -cy + cy;
+        let fix = |v: f64| (v * 65536.0 + 0.5).floor() as i64;
+        let (a0, a1, a3, a4) = (fix(a), fix(b), fix(d), fix(e));
+        let a2 = fix(c + a * 0.5 + b * 0.5);
+        let a5 = fix(f + d * 0.5 + e * 0.5);
+
         let plane = n * n;
         let (r_out, rest) = out.split_at_mut(plane);
         let (g_out, b_out) = rest.split_at_mut(plane);
         let fill = [self.lut[0][0], self.lut[1][0], self.lut[2][0]];
-        let identity = p.angle_deg == 0.0;
+        let (left, top) = (p.left as i64, p.top as i64);
         for i in 0..n {
-            let y = (p.top + i) as f64 + 0.5;
+            let y = top + i as i64;
+            let mut xx = a2 + a0 * left + a1 * y;
+            let mut yy = a5 + a3 * left + a4 * y;
             let row = i * n;
             for j in 0..n {
-                let x = (p.left + j) as f64 + 0.5;
-                let (sx, sy) = if identity {
-                    ((p.left + j) as isize, (p.top + i) as isize)
-                } else {
-                    (coord(a * x + b * y + c), coord(d * x + e * y + f))
-                };
+                let (sx, sy) = (xx >> 16, yy >> 16);
+                xx += a0;
+                yy += a3;
                 let dst = row + if p.flip { n - 1 - j } else { j };
-                if sx >= 0 && sy >= 0 && (sx as usize) < w && (sy as usize) < h {
-                    let s = (sy as usize * w + sx as usize) * 3;
+                if sx >= 0 && sy >= 0 && sx < w && sy < h {
+                    let s = (sy * w + sx) as usize * 3;
                     r_out[dst] = self.lut[0][img.data[s] as usize];
                     g_out[dst] = self.lut[1][img.data[s + 1] as usize];
                     b_out[dst] = self.lut[2][img.data[s + 2] as usize];
@@ -152,11 +158,6 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// PIL's `COORD`: truncate, but anything negative is outside.
-fn coord(v: f64) -> isize {
-    if v < 0.0 { -1 } else { v as isize }
 }
 
 /// torchvision `CenterCrop`: `int(round((size - crop) / 2))`, Python rounding half to even.
