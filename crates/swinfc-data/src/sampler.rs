@@ -83,12 +83,27 @@ impl TrainStream {
         micro: usize,
         a: usize,
     ) -> Vec<SampleRef> {
+        let global = (world * accum * micro) as u64;
+        self.micro_batch_at(step * global, rank, world, accum, micro, a)
+    }
+
+    /// As [`Self::micro_batch`], for the step that starts at stream position `step_start`. A run
+    /// resumed with another world size keeps counting from the saved position, not from
+    /// `step · B` with the new `B`.
+    pub fn micro_batch_at(
+        &self,
+        step_start: u64,
+        rank: usize,
+        world: usize,
+        accum: usize,
+        micro: usize,
+        a: usize,
+    ) -> Vec<SampleRef> {
         assert!(
             rank < world && a < accum,
             "rank {rank}/{world}, micro-step {a}/{accum}"
         );
-        let global = (world * accum * micro) as u64;
-        self.slice(step * global + ((rank * accum + a) * micro) as u64, micro)
+        self.slice(step_start + ((rank * accum + a) * micro) as u64, micro)
     }
 }
 
