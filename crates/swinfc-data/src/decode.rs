@@ -63,6 +63,12 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeFailure> {
             let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
             DecodeFailure::new("unknown format", format!("starts with {}", head.join(" ")))
         })?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(DecodeFailure::new(
+            "truncated",
+            "JPEG: no end-of-image marker after the last scan",
+        ));
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(format);
     let img = reader.decode().map_err(|e| {
@@ -81,6 +87,19 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeFailure> {
         DecodeFailure::new(kind, format!("{format:?}: {detail}"))
     })?;
     Ok(to_rgb(img))
+}
+
+/// The JPEG decoder is lenient and grey-fills a cut-off file (PIL's `LOAD_TRUNCATED_IMAGES`);
+/// torchvision's default loader raises instead, and a half-grey training image is noise, so a
+/// truncated JPEG is a failure here. Entropy-coded data stuffs every 0xFF, so the last `FF DA`
+/// (start of scan) belongs to the main image's last scan — after any EXIF thumbnail, which has
+/// its own end marker — and a complete file has an `FF D9` (end of image) after it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 fn to_rgb(img: DynamicImage) -> RgbImage {

@@ -42,3 +42,41 @@ fn adobe_cmyk_jpeg_decodes_to_the_right_colours() {
 fn adobe_ycck_jpeg_from_imagemagick_decodes_to_the_right_colours() {
     assert_blocks("ycck_imagemagick.jpg");
 }
+
+mod common;
+
+#[test]
+fn grey_is_replicated_and_alpha_dropped_without_compositing() {
+    let g = decode_bytes(&common::gray_jpeg(16, 8, 90)).unwrap();
+    assert!(
+        g.data
+            .chunks(3)
+            .all(|p| p[0] == p[1] && p[1] == p[2] && p[0].abs_diff(90) <= 1)
+    );
+    // Nearly transparent blue stays pure blue (PIL's convert('RGB') ignores alpha).
+    let a = decode_bytes(&common::rgba_png(4, 4, [0, 0, 200, 7])).unwrap();
+    assert!(a.data.chunks(3).all(|p| p == [0, 0, 200]));
+}
+
+#[test]
+fn format_comes_from_magic_bytes_for_every_supported_format() {
+    use image::ImageFormat::*;
+    for format in [Png, Gif, Bmp, WebP, Jpeg] {
+        let img = decode_bytes(&common::rgb_as(format, 12, 10, [10, 200, 30])).unwrap();
+        assert_eq!((img.width, img.height), (12, 10), "{format:?}");
+        let p = pixel(&img, 5, 5);
+        let close = p.iter().zip([10, 200, 30]).all(|(&g, w)| g.abs_diff(w) <= 6);
+        assert!(close, "{format:?}: {p:?}");
+    }
+}
+
+#[test]
+fn unreadable_files_say_why() {
+    let e = decode_bytes(b"").unwrap_err();
+    assert_eq!(e.kind, "empty file");
+    let e = decode_bytes(b"<!DOCTYPE html><html>404</html>").unwrap_err();
+    assert_eq!(e.kind, "unknown format");
+    assert!(e.detail.contains("3c 21 44 4f"), "{e}");
+    let e = decode_bytes(&common::truncated_jpeg()).unwrap_err();
+    assert_eq!(e.kind, "truncated", "{e}");
+}
