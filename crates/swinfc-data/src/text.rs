@@ -1,0 +1,115 @@
+//! Line parsing shared by the CUB and NABirds metadata files (datasets.md §1.4, §2.5).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+
+/// A metadata file split into `(1-based line number, id, rest)` records.
+pub(crate) struct Records {
+    pub path: PathBuf,
+    pub rows: Vec<(usize, String, String)>,
+}
+
+impl Records {
+    /// Read `path`: split on `\n`, strip a trailing `\r`, trim, skip empty lines (so CRLF, a
+    /// missing final newline and a trailing blank line all parse alike), and split each line once
+    /// on whitespace into an id and the rest. Non-UTF-8 bytes are replaced, not fatal: only
+    /// free-text fields (names) can hold them.
+    pub fn read(path: &Path) -> Result<Self, DataError> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                DataError::layout(path, "metadata file missing")
+            } else {
+                DataError::io(path, e)
+            }
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut rows = Vec::new();
+        for (i, line) in text.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line).trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (id, rest) = match line.split_once(char::is_whitespace) {
+                Some((id, rest)) => (id, rest.trim()),
+                None => (line, ""),
+            };
+            rows.push((i + 1, id.to_string(), rest.to_string()));
+        }
+        Ok(Records {
+            path: path.to_path_buf(),
+            rows,
+        })
+    }
+
+    pub fn err(&self, line: usize, msg: impl Into<String>) -> DataError {
+        DataError::parse(&self.path, line, msg)
+    }
+
+    /// `id -> (line, rest)`; a repeated id is an error naming its second line.
+    pub fn by_id(&self) -> Result<HashMap<&str, (usize, &str)>, DataError> {
+        let mut map = HashMap::with_capacity(self.rows.len());
+        for (line, id, rest) in &self.rows {
+            if let Some((first, _)) = map.insert(id.as_str(), (*line, rest.as_str())) {
+                return Err(self.err(*line, format!("id {id} repeats line {first}")));
+            }
+        }
+        Ok(map)
+    }
+
+    /// Require that every record has a non-empty `rest`.
+    pub fn require_value(&self) -> Result<(), DataError> {
+        match self.rows.iter().find(|(_, _, rest)| rest.is_empty()) {
+            Some((line, id, _)) => Err(self.err(*line, format!("id {id} has no value"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Check that `other` has exactly this file's ids (mmpretrain asserts the same); the error
+    /// names the line of the first id that is in one file and not the other.
+    pub fn same_ids(&self, other: &Records) -> Result<(), DataError> {
+        let mine = self.by_id()?;
+        let theirs = other.by_id()?;
+        for (line, id, _) in &self.rows {
+            if !theirs.contains_key(id.as_str()) {
+                return Err(self.err(
+                    *line,
+                    format!("image id {id} is missing from {}", other.path.display()),
+                ));
+            }
+        }
+        for (line, id, _) in &other.rows {
+            if !mine.contains_key(id.as_str()) {
+                return Err(other.err(
+                    *line,
+                    format!("image id {id} is missing from {}", self.path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The split flag of a `train_test_split.txt` value: exactly `1` (train) or `0` (test).
+    pub fn split_flag(&self, line: usize, value: &str) -> Result<bool, DataError> {
+        match value {
+            "1" => Ok(true),
+            "0" => Ok(false),
+            other => Err(self.err(line, format!("split flag must be 0 or 1, got {other:?}"))),
+        }
+    }
+}
+
+/// A root that is either the dataset folder itself or its parent (`CUB_200_2011/`, `nabirds/`).
+pub(crate) fn dataset_dir(root: &Path, folder: &str, marker: &str) -> Result<PathBuf, DataError> {
+    if root.join(marker).is_file() {
+        Ok(root.to_path_buf())
+    } else if root.join(folder).join(marker).is_file() {
+        Ok(root.join(folder))
+    } else {
+        Err(DataError::layout(
+            &root.join(marker),
+            format!("metadata file missing (looked in the root and in {folder}/ under it)"),
+        ))
+    }
+}
