@@ -39,7 +39,10 @@ fn launch(args: &[String]) -> Result<(), CommError> {
         world,
         0,
     )?;
-    let exe = std::env::current_exe().map_err(|e| CommError::io("current_exe", e))?;
+    let exe = std::env::current_exe().map_err(|e| CommError::Io {
+        peer: "current_exe".into(),
+        source: e,
+    })?;
     let mut children = Vec::new();
     for rank in 0..world {
         let id = WorkerIdentity {
@@ -56,7 +59,10 @@ fn launch(args: &[String]) -> Result<(), CommError> {
                 .args(args)
                 .envs(id.to_env())
                 .spawn()
-                .map_err(|e| CommError::io("spawn", e))?,
+                .map_err(|e| CommError::Io {
+                    peer: "spawn".into(),
+                    source: e,
+                })?,
         );
     }
     let mut ok = true;

@@ -40,7 +40,6 @@ pub enum CommError {
 
 impl CommError {
     pub(crate) fn io(peer: impl Into<String>, source: std::io::Error) -> Self {
-        // Timeouts surface as WouldBlock/TimedOut from sockets with read/write timeouts.
         CommError::Io {
             peer: peer.into(),
             source,
