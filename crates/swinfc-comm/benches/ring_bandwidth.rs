@@ -1,0 +1,33 @@
+//! All-reduce bandwidth of the TCP ring on loopback, 2 and 4 processes, 1/16/64/256 MB, in
+//! nccl-tests conventions: algbw = size / time, busbw = algbw · 2(W−1)/W.
+//!
+//! `cargo bench -p swinfc-comm` (set `RING_BENCH_SIZES=1:20,16:5` to change sizes:iterations).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+fn main() {
+    let sizes = std::env::var("RING_BENCH_SIZES").unwrap_or_else(|_| "1:20,16:10,64:5,256:3".into());
+    println!(
+        "{:>5} {:>8} {:>6} {:>11} {:>12} {:>12}",
+        "ranks", "size MB", "iters", "time ms", "algbw GB/s", "busbw GB/s"
+    );
+    for world in [2, 4] {
+        let mut job = common::Job::start(world, &["bench", &sizes], &[("COMM_PEER_TIMEOUT_MS", "60000")]);
+        let results = job.wait(Duration::from_secs(600));
+        common::assert_all_ok(&results);
+        for (_, r) in job.reports() {
+            println!(
+                "{:>5} {:>8} {:>6} {:>11.2} {:>12.3} {:>12.3}",
+                r["world"],
+                r["mb"],
+                r["iters"],
+                r["time_ms"].as_f64().unwrap_or(f64::NAN),
+                r["algbw_gbs"].as_f64().unwrap_or(f64::NAN),
+                r["busbw_gbs"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+}
