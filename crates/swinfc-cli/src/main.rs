@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, model_and_loss_from_yaml};
+use swinfc_train::{Resume, RunSummary, TrainConfig};
 use tracing::info;
 
 #[derive(Parser)]
@@ -23,6 +24,11 @@ enum Command {
     /// One evaluation-mode forward (and backward) pass, writing every output the parity
     /// contract names: logits of each head, FSM indices, loss terms, gradients.
     Forward(ForwardArgs),
+    /// Train in this process alone (world size 1); `swinfc-launch` runs multi-worker jobs.
+    Train(TrainArgs),
+    /// One worker of a launched job; its identity comes from the SWINFC_* environment.
+    #[command(hide = true)]
+    Worker(TrainArgs),
     /// Convert an official Microsoft or timm checkpoint to swinfc safetensors (timm ≥ 0.9 names).
     ImportWeights {
         input: PathBuf,
@@ -57,6 +63,17 @@ struct ForwardArgs {
     backend: BackendArg,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    config: PathBuf,
+    /// Override a config key, e.g. `--set train.lr_new=0.01` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// `auto` (newest valid checkpoint of the run, else fresh), `none`, or a checkpoint directory.
+    #[arg(long, default_value = "auto")]
+    resume: Resume,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
     Cpu,
@@ -75,12 +92,35 @@ fn main() -> Result<()> {
             BackendArg::Cpu => forward::<Autodiff<Flex>>(&args, &FlexDevice),
             BackendArg::Cuda => forward_cuda(&args),
         },
+        Command::Train(args) => {
+            let cfg = TrainConfig::load(&args.config, &args.set)?;
+            report(swinfc_train::run_local(&cfg, &args.resume)?);
+            Ok(())
+        }
+        Command::Worker(args) => {
+            let cfg = TrainConfig::load(&args.config, &args.set)?;
+            swinfc_train::run_worker(&cfg, &args.resume)?;
+            Ok(())
+        }
         Command::ImportWeights {
             input,
             output,
             num_classes,
             config,
         } => import_weights(&input, &output, num_classes, config.as_deref()),
+    }
+}
+
+fn report(summary: RunSummary) {
+    info!(steps = summary.steps, preempted = summary.preempted, "run ended");
+    if let Some(eval) = summary.last_eval {
+        info!(
+            step = eval.step,
+            samples = eval.samples,
+            combined = eval.combined,
+            backbone = eval.backbone,
+            "final top-1"
+        );
     }
 }
 

@@ -59,6 +59,11 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, WeightsError> {
     }
 }
 
+/// Parses safetensors bytes (e.g. weights received from rank 0).
+pub fn state_dict_from_bytes(bytes: &[u8]) -> Result<StateDict, WeightsError> {
+    read_safetensors(Path::new("<bytes>"), bytes)
+}
+
 fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<StateDict, WeightsError> {
     let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| file_error(path, e))?;
     let mut dict = StateDict::new();

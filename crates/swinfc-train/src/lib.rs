@@ -7,5 +7,9 @@
 pub mod checkpoint;
 pub mod config;
 pub mod optim;
+pub mod trainer;
+pub mod worker;
 
 pub use config::TrainConfig;
+pub use trainer::{EvalResult, Resume, RunSummary, TrainError, train};
+pub use worker::{run_local, run_worker};
