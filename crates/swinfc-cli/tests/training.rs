@@ -1,0 +1,165 @@
+//! Training with real worker processes on CPU: determinism, 1-worker ≡ N-worker, exact resume,
+//! fallback past a torn checkpoint, and config errors. Multi-worker runs host the control server
+//! in the test process and spawn `swinfc worker` processes, as the launcher does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::read_tensors;
+use swinfc_comm::{ControlServer, JobToken};
+
+const CONFIG: &str = "
+run: {name: tiny, dir: RUN_DIR, seed: 5}
+model: {preset: tiny, img_size: 32, embed_dim: 16, branch_dim: 32, ea_memory: 4, num_classes: 4}
+data: {dataset: synthetic, classes: 4, train_per_class: 6, test_per_class: 3, img_size: 40, resize: 36, crop: 32, num_threads: 1}
+train: {global_batch: 8, micro_batch: 4, total_steps: 6, warmup_steps: 1, lr_backbone: 0.01, lr_new: 0.05, grad_clip: 1.0, weight_decay: 0.0001}
+eval: {every_steps: 3}
+checkpoint: {every_steps: 3, keep_last: 5}
+";
+
+/// A config file whose run directory is `dir/run`.
+fn config(dir: &Path) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, CONFIG.replace("RUN_DIR", dir.join("run").to_str().unwrap())).unwrap();
+    path
+}
+
+fn swinfc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_swinfc"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+fn train_local(config: &Path, extra: &[&str]) {
+    let mut args = vec!["train", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = swinfc(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `world` `swinfc worker` processes against a control server hosted here.
+fn train_workers(config: &Path, world: usize, extra: &[&str]) {
+    let token = JobToken::generate().unwrap();
+    let server = ControlServer::spawn_in_thread("127.0.0.1:0".parse().unwrap(), token.clone(), world, 0).unwrap();
+    let port = server.local_addr().port().to_string();
+    let workers: Vec<_> = (0..world)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_swinfc"))
+                .arg("worker")
+                .arg(config)
+                .args(extra)
+                .env("SWINFC_RANK", rank.to_string())
+                .env("SWINFC_LOCAL_RANK", rank.to_string())
+                .env("SWINFC_WORLD_SIZE", world.to_string())
+                .env("SWINFC_MASTER_ADDR", "127.0.0.1")
+                .env("SWINFC_MASTER_PORT", &port)
+                .env("SWINFC_JOB_TOKEN", token.to_hex())
+                .env("SWINFC_RESTART_ROUND", "0")
+                .env("RAYON_NUM_THREADS", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, worker) in workers.into_iter().enumerate() {
+        let out = worker.wait_with_output().unwrap();
+        assert!(out.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn weights(dir: &Path, step: u64) -> std::collections::BTreeMap<String, common::Loaded> {
+    read_tensors(&dir.join(format!("run/checkpoints/step-{step:08}/model.safetensors")))
+}
+
+fn model_bytes(dir: &Path, step: u64) -> Vec<u8> {
+    std::fs::read(dir.join(format!("run/checkpoints/step-{step:08}/model.safetensors"))).unwrap()
+}
+
+/// Largest relative difference over all parameters.
+fn max_relative_difference(a: &Path, b: &Path, step: u64) -> f64 {
+    let (a, b) = (weights(a, step), weights(b, step));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(k, t)| common::relative_error(&t.values, &b[k].values, 1e-6))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn the_same_run_twice_gives_bit_identical_weights() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train_local(&config(a.path()), &[]);
+    train_local(&config(b.path()), &[]);
+    assert_eq!(model_bytes(a.path(), 6), model_bytes(b.path(), 6));
+    assert_eq!(model_bytes(a.path(), 3), model_bytes(b.path(), 3));
+}
+
+#[test]
+fn resume_from_a_checkpoint_is_bit_identical_to_the_uninterrupted_run() {
+    let (full, resumed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train_local(&config(full.path()), &[]);
+    let step3 = full.path().join("run/checkpoints/step-00000003");
+    train_local(&config(resumed.path()), &["--resume", step3.to_str().unwrap()]);
+    assert_eq!(model_bytes(full.path(), 6), model_bytes(resumed.path(), 6));
+    let optimizer = |d: &Path| std::fs::read(d.join("run/checkpoints/step-00000006/optimizer.safetensors")).unwrap();
+    assert_eq!(optimizer(full.path()), optimizer(resumed.path()));
+}
+
+#[test]
+fn resume_auto_skips_a_torn_checkpoint() {
+    let (full, torn) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train_local(&config(full.path()), &[]);
+    // A run stopped after its step-6 save was torn: training 3..6 again reproduces step 6.
+    train_local(&config(torn.path()), &["--set", "train.total_steps=6"]);
+    let model = torn.path().join("run/checkpoints/step-00000006/model.safetensors");
+    let len = std::fs::metadata(&model).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(len / 2).unwrap();
+    let out = swinfc(&["train", config(torn.path()).to_str().unwrap(), "--resume", "auto"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("does not verify"), "{log}");
+    assert_eq!(model_bytes(full.path(), 6), model_bytes(torn.path(), 6));
+}
+
+#[test]
+fn two_workers_equal_one_worker_with_gradient_accumulation() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train_local(&config(one.path()), &[]); // world 1: grad_accum 2 × micro 4
+    train_workers(&config(two.path()), 2, &[]); // world 2: grad_accum 1 × micro 4
+    let diff = max_relative_difference(one.path(), two.path(), 6);
+    assert!(diff <= 1e-5, "relative difference {diff:.3e}");
+}
+
+#[test]
+fn a_two_worker_run_resumes_on_one_worker() {
+    let (two, resumed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train_workers(&config(two.path()), 2, &[]);
+    let step3 = two.path().join("run/checkpoints/step-00000003");
+    train_local(&config(resumed.path()), &["--resume", step3.to_str().unwrap()]);
+    let diff = max_relative_difference(two.path(), resumed.path(), 6);
+    assert!(diff <= 1e-5, "relative difference {diff:.3e}");
+}
+
+#[test]
+fn config_errors_exit_1_naming_the_key_or_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "train.lr_nwe=1"], "train.lr_nwe: unknown key"),
+        (&["--set", "train.micro_batch=3"], "train.global_batch: 8 is not a multiple of train.micro_batch 3"),
+        (&["--set", "data={dataset: cub, root: /nonexistent/cub}"], "/nonexistent/cub"),
+        (&["--set", "data.colour=1"], "data.colour"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["train", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = swinfc(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: want `{want}` in\n{stderr}");
+    }
+}
