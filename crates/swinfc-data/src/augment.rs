@@ -13,6 +13,8 @@
 //! Rotation, crop, flip and normalisation are fused into one pass over the crop's pixels: only
 //! the pixels that survive the crop are ever rotated.
 
+use std::borrow::Cow;
+
 use crate::config::DataConfig;
 use crate::decode::RgbImage;
 use crate::rng::{Rng, TAG_AUGMENT};
@@ -92,13 +94,13 @@ impl Pipeline {
 
     /// Train transform into `out` (CHW, `image_len()` floats).
     pub fn train(&self, img: &RgbImage, params: &TrainParams, out: &mut [f32]) {
-        let resized = resize(img, self.resize, self.resize);
+        let resized = self.resized(img);
         self.rotate_crop_normalise(&resized, params, out);
     }
 
     /// Test transform (resize, centre crop) into `out`.
     pub fn test(&self, img: &RgbImage, out: &mut [f32]) {
-        let resized = resize(img, self.resize, self.resize);
+        let resized = self.resized(img);
         let off = center_offset(self.resize, self.crop);
         let params = TrainParams {
             angle_deg: 0.0,
@@ -107,6 +109,15 @@ impl Pipeline {
             flip: false,
         };
         self.rotate_crop_normalise(&resized, &params, out);
+    }
+
+    /// `img` at `resize`×`resize`, borrowed when it already is (synthetic data, benchmarks).
+    fn resized<'a>(&self, img: &'a RgbImage) -> Cow<'a, RgbImage> {
+        if img.width == self.resize && img.height == self.resize {
+            Cow::Borrowed(img)
+        } else {
+            Cow::Owned(resize(img, self.resize, self.resize))
+        }
     }
 
     /// Rotate `img` (square, `resize` side) about its centre, crop, flip, normalise: all in one
@@ -224,12 +235,12 @@ fn clip8(acc: i32) -> u8 {
 /// Resize to `out_w`×`out_h` like PIL's `resize(BILINEAR)`: horizontal pass first, each pass
 /// skipped when its axis keeps its size.
 pub fn resize(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
-    let mut cur = std::borrow::Cow::Borrowed(img);
+    let mut cur = Cow::Borrowed(img);
     if img.width != out_w {
-        cur = std::borrow::Cow::Owned(resize_horizontal(&cur, out_w));
+        cur = Cow::Owned(resize_horizontal(&cur, out_w));
     }
     if img.height != out_h {
-        cur = std::borrow::Cow::Owned(resize_vertical(&cur, out_h));
+        cur = Cow::Owned(resize_vertical(&cur, out_h));
     }
     cur.into_owned()
 }
