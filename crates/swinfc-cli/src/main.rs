@@ -41,6 +41,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Read the dataset of CONFIG's `data:` section and decode every image: prints counts per
+    /// split and class and the unreadable files; fails if any test image is unreadable.
+    Check { config: PathBuf },
 }
 
 #[derive(Args)]
@@ -108,6 +118,7 @@ fn main() -> Result<()> {
             num_classes,
             config,
         } => import_weights(&input, &output, num_classes, config.as_deref()),
+        Command::Data(DataCommand::Check { config }) => data_check(&config),
     }
 }
 
@@ -194,4 +205,50 @@ fn log_reports(convert: &ConvertReport, load: &LoadReport) {
     for key in &load.unexpected {
         info!(%key, "in the weights but not in the model: ignored");
     }
+}
+
+fn data_check(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let section = doc
+        .get("data")
+        .with_context(|| format!("{}: no `data:` section", path.display()))?;
+    let cfg =
+        swinfc_data::DataConfig::from_yaml(section).with_context(|| format!("in {}", path.display()))?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images ({per_sec}, {eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = swinfc_data::check(&cfg, &|_, total| {
+        bar.set_length(total as u64);
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    let (train, test): (usize, usize) = (
+        report.train_per_class.iter().sum(),
+        report.test_per_class.iter().sum(),
+    );
+    println!(
+        "{}: {} classes, {train} train, {test} test images",
+        report.dataset,
+        report.classes.len()
+    );
+    println!("{:>5} {:>7} {:>7}  class", "label", "train", "test");
+    for (k, name) in report.classes.iter().enumerate() {
+        println!(
+            "{k:>5} {:>7} {:>7}  {name}",
+            report.train_per_class[k], report.test_per_class[k]
+        );
+    }
+    println!("{} unreadable", report.unreadable.len());
+    for u in &report.unreadable {
+        println!("{:>5}  {}  {}", u.split.name(), u.path, u.reason);
+    }
+    let bad = report.test_unreadable();
+    if bad > 0 {
+        bail!("{bad} test images are unreadable: the test split would not match the published one");
+    }
+    Ok(())
 }

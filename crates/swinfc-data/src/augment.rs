@@ -13,6 +13,8 @@
 //! Rotation, crop, flip and normalisation are fused into one pass over the crop's pixels: only
 //! the pixels that survive the crop are ever rotated.
 
+use std::borrow::Cow;
+
 use crate::config::DataConfig;
 use crate::decode::RgbImage;
 use crate::rng::{Rng, TAG_AUGMENT};
@@ -92,13 +94,13 @@ impl Pipeline {
 
     /// Train transform into `out` (CHW, `image_len()` floats).
     pub fn train(&self, img: &RgbImage, params: &TrainParams, out: &mut [f32]) {
-        let resized = resize(img, self.resize, self.resize);
+        let resized = self.resized(img);
         self.rotate_crop_normalise(&resized, params, out);
     }
 
     /// Test transform (resize, centre crop) into `out`.
     pub fn test(&self, img: &RgbImage, out: &mut [f32]) {
-        let resized = resize(img, self.resize, self.resize);
+        let resized = self.resized(img);
         let off = center_offset(self.resize, self.crop);
         let params = TrainParams {
             angle_deg: 0.0,
@@ -107,6 +109,15 @@ impl Pipeline {
             flip: false,
         };
         self.rotate_crop_normalise(&resized, &params, out);
+    }
+
+    /// `img` at `resize`×`resize`, borrowed when it already is (synthetic data, benchmarks).
+    fn resized<'a>(&self, img: &'a RgbImage) -> Cow<'a, RgbImage> {
+        if img.width == self.resize && img.height == self.resize {
+            Cow::Borrowed(img)
+        } else {
+            Cow::Owned(resize(img, self.resize, self.resize))
+        }
     }
 
     /// Rotate `img` (square, `resize` side) about its centre, crop, flip, normalise: all in one
@@ -224,43 +235,77 @@ fn clip8(acc: i32) -> u8 {
 /// Resize to `out_w`×`out_h` like PIL's `resize(BILINEAR)`: horizontal pass first, each pass
 /// skipped when its axis keeps its size.
 pub fn resize(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
-    let mut cur = std::borrow::Cow::Borrowed(img);
+    let mut cur = Cow::Borrowed(img);
     if img.width != out_w {
-        cur = std::borrow::Cow::Owned(resize_horizontal(&cur, out_w));
+        cur = Cow::Owned(resize_horizontal(&cur, out_w));
     }
     if img.height != out_h {
-        cur = std::borrow::Cow::Owned(resize_vertical(&cur, out_h));
+        cur = Cow::Owned(resize_vertical(&cur, out_h));
     }
     cur.into_owned()
 }
 
 fn resize_horizontal(img: &RgbImage, out_w: usize) -> RgbImage {
     let c = coeffs(img.width, out_w);
+    let (starts, weights) = padded(&c, img.width);
     let mut data = vec![0u8; out_w * img.height * 3];
-    let half = 1i32 << (PRECISION_BITS - 1);
-    for (src, dst) in img
+    let rows = img
         .data
         .chunks_exact(img.width * 3)
-        .zip(data.chunks_exact_mut(out_w * 3))
-    {
-        for x in 0..out_w {
-            let k = &c.weights[x * c.ksize..x * c.ksize + c.len[x]];
-            let s = &src[c.start[x] * 3..];
-            let (mut r, mut g, mut b) = (half, half, half);
-            for (t, &wt) in k.iter().enumerate() {
-                r += s[t * 3] as i32 * wt;
-                g += s[t * 3 + 1] as i32 * wt;
-                b += s[t * 3 + 2] as i32 * wt;
-            }
-            dst[x * 3] = clip8(r);
-            dst[x * 3 + 1] = clip8(g);
-            dst[x * 3 + 2] = clip8(b);
-        }
+        .zip(data.chunks_exact_mut(out_w * 3));
+    // Upscaling (and mild downscaling) always has 3 taps: a fixed-size inner loop unrolls.
+    match c.ksize {
+        3 if img.width >= 3 => rows.for_each(|(src, dst)| row_taps::<3>(src, dst, &starts, &weights)),
+        _ => rows.for_each(|(src, dst)| row_taps_dyn(src, dst, &starts, &weights, c.ksize)),
     }
     RgbImage {
         width: out_w,
         height: img.height,
         data,
+    }
+}
+
+/// Every output pixel gets exactly `ksize` taps: windows that would run past the input's end
+/// are moved left and their weights shifted right behind zeros, which adds nothing to the sum.
+fn padded(c: &Coeffs, in_size: usize) -> (Vec<usize>, Vec<i32>) {
+    let k = c.ksize.min(in_size);
+    let mut starts = Vec::with_capacity(c.start.len());
+    let mut weights = vec![0; c.start.len() * c.ksize];
+    for (x, (&start, &len)) in c.start.iter().zip(&c.len).enumerate() {
+        let s = start.min(in_size - k);
+        let shift = start - s;
+        let w = &mut weights[x * c.ksize..(x + 1) * c.ksize];
+        w[shift..shift + len].copy_from_slice(&c.weights[x * c.ksize..x * c.ksize + len]);
+        starts.push(s);
+    }
+    (starts, weights)
+}
+
+fn row_taps<const K: usize>(src: &[u8], dst: &mut [u8], starts: &[usize], weights: &[i32]) {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    for ((px, &start), w) in dst.chunks_exact_mut(3).zip(starts).zip(weights.chunks_exact(K)) {
+        let taps = &src[start * 3..start * 3 + K * 3];
+        let (mut r, mut g, mut b) = (half, half, half);
+        for t in 0..K {
+            r += taps[t * 3] as i32 * w[t];
+            g += taps[t * 3 + 1] as i32 * w[t];
+            b += taps[t * 3 + 2] as i32 * w[t];
+        }
+        px.copy_from_slice(&[clip8(r), clip8(g), clip8(b)]);
+    }
+}
+
+fn row_taps_dyn(src: &[u8], dst: &mut [u8], starts: &[usize], weights: &[i32], k: usize) {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    for ((px, &start), w) in dst.chunks_exact_mut(3).zip(starts).zip(weights.chunks_exact(k)) {
+        let taps = src[start * 3..].chunks_exact(3);
+        let (mut r, mut g, mut b) = (half, half, half);
+        for (p, &wt) in taps.zip(w) {
+            r += p[0] as i32 * wt;
+            g += p[1] as i32 * wt;
+            b += p[2] as i32 * wt;
+        }
+        px.copy_from_slice(&[clip8(r), clip8(g), clip8(b)]);
     }
 }
 
@@ -273,12 +318,9 @@ fn resize_vertical(img: &RgbImage, out_h: usize) -> RgbImage {
     for (y, dst) in data.chunks_exact_mut(stride).enumerate() {
         acc.fill(half);
         let k = &c.weights[y * c.ksize..y * c.ksize + c.len[y]];
-        // Whole rows at a time: a contiguous multiply-add the compiler vectorises.
         for (t, &wt) in k.iter().enumerate() {
             let row = &img.data[(c.start[y] + t) * stride..(c.start[y] + t + 1) * stride];
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v as i32 * wt;
-            }
+            multiply_add(&mut acc, row, wt);
         }
         for (o, &a) in dst.iter_mut().zip(&acc) {
             *o = clip8(a);
@@ -289,6 +331,32 @@ fn resize_vertical(img: &RgbImage, out_h: usize) -> RgbImage {
         height: out_h,
         data,
     }
+}
+
+/// `acc[i] += row[i] * wt` over whole rows: a contiguous multiply-add the compiler vectorises.
+/// Baseline x86-64 (SSE2) has no 32-bit vector multiply, so use AVX2 where the CPU has it; the
+/// arithmetic is integer, so both paths give identical bytes.
+fn multiply_add(acc: &mut [i32], row: &[u8], wt: i32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { multiply_add_avx2(acc, row, wt) };
+        return;
+    }
+    multiply_add_portable(acc, row, wt);
+}
+
+#[inline(always)]
+fn multiply_add_portable(acc: &mut [i32], row: &[u8], wt: i32) {
+    for (a, &v) in acc.iter_mut().zip(row) {
+        *a += v as i32 * wt;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn multiply_add_avx2(acc: &mut [i32], row: &[u8], wt: i32) {
+    multiply_add_portable(acc, row, wt);
 }
 
 #[cfg(test)]
@@ -312,6 +380,19 @@ mod tests {
         for (w, h) in [(64, 64), (8, 5), (37, 50)] {
             let out = resize(&img, w, h);
             assert!(out.data.chunks(3).all(|p| p == [10, 200, 77]));
+        }
+    }
+
+    #[test]
+    fn resize_handles_images_narrower_than_the_filter() {
+        for (w, h) in [(1, 1), (2, 1), (1, 2), (2, 3)] {
+            let img = RgbImage {
+                width: w,
+                height: h,
+                data: vec![9; w * h * 3],
+            };
+            let out = resize(&img, 5, 4);
+            assert_eq!(out.data, vec![9; 5 * 4 * 3], "{w}x{h}");
         }
     }
 

@@ -36,11 +36,16 @@ impl WebfgSubset {
 /// Parameters of `dataset: synthetic` (see [`crate::synthetic`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntheticConfig {
+    /// Default 10, at most [`crate::synthetic::MAX_CLASSES`].
     pub classes: usize,
+    /// Default 32.
     pub train_per_class: usize,
+    /// Default 8.
     pub test_per_class: usize,
-    /// Side of the generated square images; the usual resize/crop pipeline runs on them.
+    /// Side of the generated square images (default `resize`, which makes the resize a no-op);
+    /// the usual rotate/crop pipeline runs on them, so models see `crop`-sided images.
     pub img_size: usize,
+    /// Default 0. Independent of the training seed: it fixes the data, not the run.
     pub seed: u64,
 }
 

@@ -91,6 +91,15 @@ pub fn open_dataset(cfg: &DataConfig) -> Result<Dataset, DataError> {
             synthetic::dataset(s)
         }
     };
+    if ds.train.is_empty() {
+        // Nothing to train on is always a layout mistake (wrong root or subset), never a
+        // fixture choice; catching it here keeps the sampler's non-empty contract.
+        let place = cfg.root.clone().unwrap_or_default();
+        return Err(DataError::layout(
+            &place,
+            format!("{}: the train split is empty", ds.name),
+        ));
+    }
     tracing::info!(
         dataset = %ds.name,
         train = ds.train.len(),

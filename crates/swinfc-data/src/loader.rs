@@ -178,12 +178,23 @@ fn work(shared: &Shared, dataset: &Dataset, pipeline: &Pipeline, seed: u64) {
                     return;
                 }
                 if st.claimed < st.consumed + shared.prefetch {
-                    match st.requests.next() {
-                        Some(r) => {
+                    // A panicking request iterator (say, a bad rank) must reach the consumer as
+                    // an error in its place, not leave it waiting for a batch that never comes.
+                    match catch_unwind(AssertUnwindSafe(|| st.requests.next())) {
+                        Ok(Some(r)) => {
                             st.claimed += 1;
                             break (st.claimed - 1, r);
                         }
-                        None => {
+                        Ok(None) => {
+                            st.exhausted = true;
+                            shared.landed.notify_all();
+                            return;
+                        }
+                        Err(_) => {
+                            let seq = st.claimed;
+                            let msg = format!("batch {seq}: the request iterator panicked");
+                            st.ready.insert(seq, Err(DataError::Internal(msg)));
+                            st.claimed += 1;
                             st.exhausted = true;
                             shared.landed.notify_all();
                             return;

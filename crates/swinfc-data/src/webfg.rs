@@ -67,7 +67,9 @@ fn subdirs(dir: &Path) -> Result<Vec<String>, DataError> {
     Ok(names)
 }
 
-/// The image files of each class folder, walked recursively in sorted order like `os.walk`.
+/// The image files of each class folder, walked recursively in sorted order: a folder's files,
+/// then its subfolders — `ImageFolder`'s `sorted(os.walk(...))` order for the flat class folders
+/// these datasets have (it differs only for sibling names that sort around `/`).
 fn samples(
     split_dir: &Path,
     classes: &[String],
@@ -103,7 +105,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
         }
     }
     entries.sort();
-    // os.walk yields a folder's files before descending into its subfolders.
     let (dirs, files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, p)| p.is_dir());
     for (name, path) in files {
         let ext = Path::new(&name)

@@ -209,3 +209,19 @@ fn drain_timed(mut loader: Loader) -> (usize, f64) {
     }
     (n, loader.wait_seconds())
 }
+
+#[test]
+fn a_panicking_request_iterator_becomes_an_error_not_a_hang() {
+    let (cfg, ds) = synthetic(2, 2);
+    let stream = TrainStream::new(0, ds.train.len());
+    // rank 1 of world 1: micro_batch panics on the second request.
+    let reqs = (0u64..3).map(move |s| {
+        let rank = usize::from(s == 1);
+        BatchRequest::Train(stream.micro_batch(s, rank, 1, 1, 2, 0))
+    });
+    let mut loader = Loader::new(ds, &cfg, 0, reqs);
+    assert!(loader.next().unwrap().is_ok());
+    let e = loader.next().unwrap().unwrap_err().to_string();
+    assert!(e.contains("request iterator panicked"), "{e}");
+    assert!(loader.next().is_none());
+}

@@ -236,3 +236,17 @@ fn webfg_val_class_missing_from_train_is_an_error() {
     .to_string();
     assert!(e.contains("val/D_x") && e.contains("not in train"), "{e}");
 }
+
+#[test]
+fn an_empty_train_split_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("web-car/train/a/.keep"), "");
+    write(&tmp.path().join("web-car/val/a/x.jpg"), jpeg(8, 8, [0, 0, 0]));
+    let e = open(&format!(
+        "{{dataset: webfg, subset: web-car, root: '{}'}}",
+        tmp.path().display()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("train split is empty"), "{e}");
+}
