@@ -12,7 +12,7 @@
 
 pub mod client;
 mod error;
-pub mod frame;
+mod frame;
 pub mod nccl;
 pub mod protocol;
 pub mod ring;

@@ -267,6 +267,9 @@ impl TcpRing {
     /// Rendezvous through the control server: publish our listening address under this
     /// generation's keys, connect to the right neighbour, accept the left one. `timeout` bounds the
     /// rendezvous and becomes the timeout of every later operation ([`set_timeout`](Self::set_timeout)).
+    ///
+    /// We listen on the local address of our control connection, so in a multi-node job the
+    /// control server must be reached through an address other nodes can reach too (not 127.0.0.1).
     pub fn connect(control: &mut ControlClient, timeout: Duration) -> Result<Self, CommError> {
         let (rank, world) = (control.rank(), control.world_size());
         let mut ring = Self {
