@@ -350,6 +350,11 @@ impl TcpRing {
         Ok(ring)
     }
 
+    /// Timeout of each blocking step of an operation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Timeout of each blocking step of later operations (a read or write that makes no progress).
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), CommError> {
         self.timeout = timeout;
