@@ -19,14 +19,15 @@ fn main() {
         let results = job.wait(Duration::from_secs(600));
         common::assert_all_ok(&results);
         for (_, r) in job.reports() {
+            let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
             println!(
                 "{:>5} {:>8} {:>6} {:>11.2} {:>12.3} {:>12.3}",
-                r["world"],
-                r["mb"],
-                r["iters"],
-                r["time_ms"].as_f64().unwrap_or(f64::NAN),
-                r["algbw_gbs"].as_f64().unwrap_or(f64::NAN),
-                r["busbw_gbs"].as_f64().unwrap_or(f64::NAN)
+                f("world"),
+                f("mb"),
+                f("iters"),
+                f("time_ms"),
+                f("algbw_gbs"),
+                f("busbw_gbs")
             );
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! - [`Collective`]: all-reduce (sum), broadcast, barrier and abort, implemented by [`TcpRing`]
 //!   (CPU workers; persistent TCP links between ring neighbours) and [`LocalCollective`] (world size
-//!   1). GPU workers reduce device buffers with [`nccl::NcclComm`].
+//!   1). GPU workers reduce device buffers with [`nccl::NcclComm`] (on Burn CUDA tensors with the
+//!   `cuda` feature) and keep a [`TcpRing`] for host-side broadcasts and barriers.
 //! - The control plane: [`ControlServer`] (async, hosted by the node-0 launcher, or on its own
 //!   thread through [`ServerHandle`]) and the blocking [`ControlClient`] a worker uses for
 //!   rendezvous, a key-value store scoped by restart round ("generation"), named barriers,
@@ -12,7 +13,7 @@
 
 pub mod client;
 mod error;
-pub mod frame;
+mod frame;
 pub mod nccl;
 pub mod protocol;
 pub mod ring;

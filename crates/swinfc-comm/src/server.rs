@@ -237,13 +237,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Admission: token, then generation and rank. Returns the registered connection.
+/// A connection that passed admission and is registered in the state.
+struct Admitted {
+    rank: usize,
+    generation: u64,
+    conn_id: u64,
+    tx: mpsc::UnboundedSender<ServerMsg>,
+    rx: mpsc::UnboundedReceiver<ServerMsg>,
+    close: Arc<Notify>,
+}
+
+/// Admission: token, then generation and rank.
 async fn admit(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<(usize, u64, u64, mpsc::UnboundedReceiver<ServerMsg>, Arc<Notify>)> {
+) -> Option<Admitted> {
     let peer_s = peer.to_string();
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame_async::<ClientMsg>(rd, &peer_s)).await;
     let (token, generation, rank) = match hello {
@@ -295,12 +305,12 @@ async fn admit(
                 rank,
                 Conn {
                     id,
-                    tx,
+                    tx: tx.clone(),
                     close: close.clone(),
                 },
             );
             st.gone.remove(&rank);
-            Ok((id, rx, close))
+            Ok((id, tx, rx, close))
         }
     };
     match refusal {
@@ -318,7 +328,7 @@ async fn admit(
             shared.emit(ServerEvent::Rejected { peer, reason });
             None
         }
-        Ok((id, rx, close)) => {
+        Ok((conn_id, tx, rx, close)) => {
             let welcome = ServerMsg::Welcome {
                 world_size: shared.world_size,
                 generation,
@@ -328,7 +338,7 @@ async fn admit(
                     shared,
                     rank,
                     generation,
-                    id,
+                    conn_id,
                     &format!("welcome not delivered: {e}"),
                 );
                 return None;
@@ -339,7 +349,14 @@ async fn admit(
                 generation,
                 peer,
             });
-            Some((rank, generation, id, rx, close))
+            Some(Admitted {
+                rank,
+                generation,
+                conn_id,
+                tx,
+                rx,
+                close,
+            })
         }
     }
 }
@@ -370,12 +387,17 @@ fn unregister(shared: &Shared, rank: usize, generation: u64, conn_id: u64, reaso
 async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let Some((rank, generation, conn_id, mut out_rx, close)) = admit(&mut rd, &mut wr, peer, &shared).await
+    let Some(Admitted {
+        rank,
+        generation,
+        conn_id,
+        tx: out_tx,
+        rx: mut out_rx,
+        close,
+    }) = admit(&mut rd, &mut wr, peer, &shared).await
     else {
         return;
     };
-    let out_tx = shared.lock().conns.get(&rank).map(|c| c.tx.clone());
-    let Some(out_tx) = out_tx else { return };
 
     // Replies and commands share one writer task, so frames never interleave.
     let mut writer = tokio::spawn(async move {

@@ -253,3 +253,66 @@ fn world_size_one_ring_is_a_no_op() {
     assert_eq!((v, bytes), (vec![1.5, 2.5], vec![1, 2]));
     assert!(ring.broadcast_f32(1, &mut [0.0]).is_err());
 }
+
+#[test]
+fn async_server_api_as_the_launcher_uses_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let token = JobToken::generate().unwrap();
+        let (server, mut events) =
+            swinfc_comm::ControlServer::bind("127.0.0.1:0".parse().unwrap(), token.clone(), 1, 4)
+                .await
+                .unwrap();
+        let id = swinfc_comm::WorkerIdentity {
+            rank: 0,
+            local_rank: 0,
+            world_size: 1,
+            master_addr: "127.0.0.1".into(),
+            master_port: server.local_addr().port(),
+            job_token: token.to_hex(),
+            restart_round: 4,
+        };
+        // The worker side is blocking: it runs on its own thread.
+        let worker = std::thread::spawn(move || {
+            let mut c = ControlClient::connect(&id, T).unwrap();
+            c.heartbeat(12, "train").unwrap();
+            let deadline = Instant::now() + T;
+            loop {
+                match c.poll_command().unwrap() {
+                    Some(cmd) => return cmd,
+                    None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                    None => panic!("no command"),
+                }
+            }
+        });
+        assert!(matches!(
+            next(&mut events).await,
+            ServerEvent::Joined {
+                rank: 0,
+                generation: 4,
+                ..
+            }
+        ));
+        assert!(matches!(
+            next(&mut events).await,
+            ServerEvent::Heartbeat {
+                rank: 0,
+                step: 12,
+                ..
+            }
+        ));
+        assert!(server.send_command(0, ServerCommand::StopAfterStep(13)));
+        assert!(matches!(
+            next(&mut events).await,
+            ServerEvent::Disconnected { rank: 0, .. }
+        ));
+        assert_eq!(worker.join().unwrap(), ServerCommand::StopAfterStep(13));
+    });
+}
+
+async fn next(ev: &mut tokio::sync::mpsc::UnboundedReceiver<ServerEvent>) -> ServerEvent {
+    tokio::time::timeout(T, ev.recv()).await.unwrap().unwrap()
+}

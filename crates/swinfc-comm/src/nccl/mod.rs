@@ -408,6 +408,12 @@ mod tests {
     }
 
     #[test]
+    fn config_has_the_nccl_2_30_layout() {
+        // NCCL reads `size` bytes of it; a layout change in cudarc would silently shift fields.
+        assert_eq!(size_of::<nsys::ncclConfig_t>(), 96);
+    }
+
+    #[test]
     fn missing_libraries_give_a_clear_error() {
         let e = check_libraries((false, true)).unwrap_err();
         assert!(
