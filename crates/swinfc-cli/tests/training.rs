@@ -22,7 +22,11 @@ checkpoint: {every_steps: 3, keep_last: 5}
 /// A config file whose run directory is `dir/run`.
 fn config(dir: &Path) -> PathBuf {
     let path = dir.join("config.yaml");
-    std::fs::write(&path, CONFIG.replace("RUN_DIR", dir.join("run").to_str().unwrap())).unwrap();
+    std::fs::write(
+        &path,
+        CONFIG.replace("RUN_DIR", dir.join("run").to_str().unwrap()),
+    )
+    .unwrap();
     path
 }
 
@@ -44,7 +48,8 @@ fn train_local(config: &Path, extra: &[&str]) {
 /// Runs `world` `swinfc worker` processes against a control server hosted here.
 fn train_workers(config: &Path, world: usize, extra: &[&str]) {
     let token = JobToken::generate().unwrap();
-    let server = ControlServer::spawn_in_thread("127.0.0.1:0".parse().unwrap(), token.clone(), world, 0).unwrap();
+    let server =
+        ControlServer::spawn_in_thread("127.0.0.1:0".parse().unwrap(), token.clone(), world, 0).unwrap();
     let port = server.local_addr().port().to_string();
     let workers: Vec<_> = (0..world)
         .map(|rank| {
@@ -68,7 +73,11 @@ fn train_workers(config: &Path, world: usize, extra: &[&str]) {
         .collect();
     for (rank, worker) in workers.into_iter().enumerate() {
         let out = worker.wait_with_output().unwrap();
-        assert!(out.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "rank {rank}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -105,7 +114,8 @@ fn resume_from_a_checkpoint_is_bit_identical_to_the_uninterrupted_run() {
     let step3 = full.path().join("run/checkpoints/step-00000003");
     train_local(&config(resumed.path()), &["--resume", step3.to_str().unwrap()]);
     assert_eq!(model_bytes(full.path(), 6), model_bytes(resumed.path(), 6));
-    let optimizer = |d: &Path| std::fs::read(d.join("run/checkpoints/step-00000006/optimizer.safetensors")).unwrap();
+    let optimizer =
+        |d: &Path| std::fs::read(d.join("run/checkpoints/step-00000006/optimizer.safetensors")).unwrap();
     assert_eq!(optimizer(full.path()), optimizer(resumed.path()));
 }
 
@@ -115,9 +125,16 @@ fn resume_auto_skips_a_torn_checkpoint() {
     train_local(&config(full.path()), &[]);
     // A run stopped after its step-6 save was torn: training 3..6 again reproduces step 6.
     train_local(&config(torn.path()), &["--set", "train.total_steps=6"]);
-    let model = torn.path().join("run/checkpoints/step-00000006/model.safetensors");
+    let model = torn
+        .path()
+        .join("run/checkpoints/step-00000006/model.safetensors");
     let len = std::fs::metadata(&model).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let out = swinfc(&["train", config(torn.path()).to_str().unwrap(), "--resume", "auto"]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
@@ -150,8 +167,14 @@ fn config_errors_exit_1_naming_the_key_or_path() {
     let cfg = config(dir.path());
     let cases: &[(&[&str], &str)] = &[
         (&["--set", "train.lr_nwe=1"], "train.lr_nwe: unknown key"),
-        (&["--set", "train.micro_batch=3"], "train.global_batch: 8 is not a multiple of train.micro_batch 3"),
-        (&["--set", "data={dataset: cub, root: /nonexistent/cub}"], "/nonexistent/cub"),
+        (
+            &["--set", "train.micro_batch=3"],
+            "train.global_batch: 8 is not a multiple of train.micro_batch 3",
+        ),
+        (
+            &["--set", "data={dataset: cub, root: /nonexistent/cub}"],
+            "/nonexistent/cub",
+        ),
         (&["--set", "data.colour=1"], "data.colour"),
     ];
     for (extra, want) in cases {

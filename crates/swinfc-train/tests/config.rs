@@ -61,3 +61,20 @@ fn errors_name_the_key() {
         "train.global_batch: 8 is not divisible by world_size 3 × micro_batch 2 = 6"
     );
 }
+
+#[test]
+fn shipped_configs_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg = TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        swinfc_data::DataConfig::from_yaml(&cfg.data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if cfg.model.img_size == 384 {
+            // The paper's setup: 4 GPUs × micro-batch 8 = batch 32, no accumulation.
+            assert_eq!(cfg.grad_accum(4).unwrap(), 1, "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 6);
+}
