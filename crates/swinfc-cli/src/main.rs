@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, model_and_loss_from_yaml};
-use swinfc_train::{Resume, RunSummary, TrainConfig};
+use swinfc_train::{Resume, RunSummary, TrainConfig, inference};
 use tracing::info;
 
 #[derive(Parser)]
@@ -29,6 +29,21 @@ enum Command {
     /// One worker of a launched job; its identity comes from the SWINFC_* environment.
     #[command(hide = true)]
     Worker(TrainArgs),
+    /// Top-1 of every head of a checkpoint on its config's test split.
+    Eval {
+        /// A checkpoint directory, or a run directory (its newest valid checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The run config (default: the one saved in the checkpoint).
+        config: Option<PathBuf>,
+    },
+    /// The top-5 classes of image files, with probabilities.
+    Predict {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Convert an official Microsoft or timm checkpoint to swinfc safetensors (timm ≥ 0.9 names).
     ImportWeights {
         input: PathBuf,
@@ -110,6 +125,35 @@ fn main() -> Result<()> {
         Command::Worker(args) => {
             let cfg = TrainConfig::load(&args.config, &args.set)?;
             swinfc_train::run_worker(&cfg, &args.resume)?;
+            Ok(())
+        }
+        Command::Eval { checkpoint, config } => {
+            let dir = inference::resolve_checkpoint(&checkpoint)?;
+            let cfg = match config {
+                Some(path) => TrainConfig::load(&path, &[])?,
+                None => inference::checkpoint_config(&dir)?,
+            };
+            let (dir, r) = inference::evaluate_checkpoint(&dir, &cfg)?;
+            println!("checkpoint {}", dir.display());
+            println!("samples    {}", r.samples);
+            for (head, acc) in [
+                ("combined", r.combined),
+                ("backbone", r.backbone),
+                ("stage2", r.stage2),
+                ("stage3", r.stage3),
+                ("stage4", r.stage4),
+            ] {
+                println!("{head:<10} {:.2}%", acc * 100.0);
+            }
+            Ok(())
+        }
+        Command::Predict { checkpoint, images } => {
+            for p in inference::predict(&checkpoint, &images, 5)? {
+                println!("{}", p.path.display());
+                for (class, prob) in p.top {
+                    println!("  {:6.2}%  {class}", prob * 100.0);
+                }
+            }
             Ok(())
         }
         Command::ImportWeights {

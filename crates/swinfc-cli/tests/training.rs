@@ -186,3 +186,63 @@ fn config_errors_exit_1_naming_the_key_or_path() {
         assert!(stderr.contains(want), "{extra:?}: want `{want}` in\n{stderr}");
     }
 }
+
+/// A 24-bit BMP of `side`×`side` pixels.
+fn write_bmp(path: &Path, side: u32, rgb: [u8; 3]) {
+    let row = (side * 3).div_ceil(4) * 4;
+    let size = 54 + row * side;
+    let mut b = Vec::with_capacity(size as usize);
+    b.extend_from_slice(b"BM");
+    for v in [size, 0, 54, 40] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&(side as i32).to_le_bytes());
+    b.extend_from_slice(&(side as i32).to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    for v in [0u32, row * side, 2835, 2835, 0, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for _ in 0..side {
+        for _ in 0..side {
+            b.extend_from_slice(&[rgb[2], rgb[1], rgb[0]]);
+        }
+        b.resize(b.len() + (row - side * 3) as usize, 0);
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn eval_and_predict_work_on_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    train_local(&config(dir.path()), &[]);
+    let run = dir.path().join("run");
+    let out = swinfc(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("step-00000006"), "{stdout}");
+    assert!(stdout.contains("samples    12"), "{stdout}"); // 4 classes × 3 test images
+    for head in ["combined", "backbone", "stage2", "stage3", "stage4"] {
+        assert!(stdout.contains(head), "{stdout}");
+    }
+
+    let image = dir.path().join("bird.bmp");
+    write_bmp(&image, 50, [200, 120, 40]);
+    let step3 = run.join("checkpoints/step-00000003");
+    let out = swinfc(&[
+        "predict",
+        "--checkpoint",
+        step3.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let probs: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| l.trim().split_once('%'))
+        .map(|(p, _)| p.trim().parse().unwrap())
+        .collect();
+    assert_eq!(probs.len(), 4, "top-5 of 4 classes: {stdout}");
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "sorted: {stdout}");
+    assert!((probs.iter().sum::<f64>() - 100.0).abs() < 0.1, "{stdout}");
+}

@@ -16,6 +16,10 @@ use tracing::{info, warn};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
+/// The resolved run config, so a checkpoint alone describes its model and data.
+pub const CONFIG: &str = "config.yaml";
+/// Class names in label order (JSON list), for `swinfc predict`.
+pub const CLASSES: &str = "classes.json";
 const STATE: &str = "state.json";
 const LATEST: &str = "latest";
 

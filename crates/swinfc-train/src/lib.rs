@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod inference;
 pub mod optim;
 pub mod trainer;
 pub mod worker;

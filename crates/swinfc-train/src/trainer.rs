@@ -25,7 +25,8 @@ use swinfc_model::{ConfigError, SwinFc, swinfc_loss};
 use tracing::{info, warn};
 
 use crate::checkpoint::{
-    CheckpointData, CheckpointError, CheckpointWriter, Disk, TrainState, latest_valid, verify,
+    CLASSES, CONFIG, CheckpointData, CheckpointError, CheckpointWriter, Disk, TrainState, latest_valid,
+    verify,
 };
 use crate::config::TrainConfig;
 use crate::optim::{FlatLayout, Sgd, StepSettings, clip_factor, flat_tensor, flatten_grads, learning_rate};
@@ -291,7 +292,7 @@ pub fn train<B: AutodiffBackend>(
                 best_accuracy: best,
                 nonfinite_streak,
             };
-            writer.submit(checkpoint_data(&model, &sgd, state));
+            writer.submit(checkpoint_data(&model, &sgd, state, cfg, &dataset.classes));
         }
         if let Some(writer) = &writer {
             report_saves(writer.finished(), control.as_deref_mut())?;
@@ -422,12 +423,23 @@ fn to_bytes(dict: &StateDict) -> Vec<u8> {
     safetensors_bytes(dict, None).expect("f32 tensors serialise")
 }
 
-fn checkpoint_data<B: AutodiffBackend>(model: &SwinFc<B>, sgd: &Sgd<B>, state: TrainState) -> CheckpointData {
+fn checkpoint_data<B: AutodiffBackend>(
+    model: &SwinFc<B>,
+    sgd: &Sgd<B>,
+    state: TrainState,
+    cfg: &TrainConfig,
+    classes: &[String],
+) -> CheckpointData {
     CheckpointData {
         state,
         files: vec![
             ("model.safetensors".into(), to_bytes(&state_dict(model))),
             ("optimizer.safetensors".into(), to_bytes(&sgd.state_dict(model))),
+            (CONFIG.into(), cfg.resolved_yaml().into_bytes()),
+            (
+                CLASSES.into(),
+                serde_json::to_vec(classes).expect("strings serialise"),
+            ),
         ],
     }
 }
