@@ -5,20 +5,17 @@ use std::path::Path;
 
 use crate::DataError;
 use crate::dataset::{Dataset, Sample, Source, warn_if_counts_differ};
-use crate::text::{Records, dataset_dir};
+use crate::text::{Metadata, dataset_dir, read_metadata};
 
 /// Read CUB from `root` = `CUB_200_2011/` or its parent. Samples keep the order of `images.txt`.
 pub fn read(root: &Path) -> Result<Dataset, DataError> {
     let dir = dataset_dir(root, "CUB_200_2011", "images.txt")?;
-    let images = Records::read(&dir.join("images.txt"))?;
-    let labels = Records::read(&dir.join("image_class_labels.txt"))?;
-    let split = Records::read(&dir.join("train_test_split.txt"))?;
-    let classes = Records::read(&dir.join("classes.txt"))?;
-    for r in [&images, &labels, &split, &classes] {
-        r.require_value()?;
-    }
-    images.same_ids(&labels)?;
-    images.same_ids(&split)?;
+    let Metadata {
+        images,
+        labels,
+        split,
+        classes,
+    } = read_metadata(&dir)?;
 
     // classes.txt must hold exactly the ids 1..=N (in any order): names[id - 1].
     let mut names = vec![None; classes.rows.len()];

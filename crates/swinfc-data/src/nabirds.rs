@@ -6,20 +6,17 @@ use std::path::Path;
 
 use crate::DataError;
 use crate::dataset::{Dataset, Sample, Source, warn_if_counts_differ};
-use crate::text::{Records, dataset_dir};
+use crate::text::{Metadata, Records, dataset_dir, read_metadata};
 
 /// Read NABirds from `root` = `nabirds/` or its parent. Samples keep the order of `images.txt`.
 pub fn read(root: &Path) -> Result<Dataset, DataError> {
     let dir = dataset_dir(root, "nabirds", "images.txt")?;
-    let images = Records::read(&dir.join("images.txt"))?;
-    let labels = Records::read(&dir.join("image_class_labels.txt"))?;
-    let split = Records::read(&dir.join("train_test_split.txt"))?;
-    let classes = Records::read(&dir.join("classes.txt"))?;
-    for r in [&images, &labels, &split, &classes] {
-        r.require_value()?;
-    }
-    images.same_ids(&labels)?;
-    images.same_ids(&split)?;
+    let Metadata {
+        images,
+        labels,
+        split,
+        classes,
+    } = read_metadata(&dir)?;
 
     // All taxonomy nodes (1011 in the real file): id -> (line, name).
     let mut class_names = BTreeMap::new();

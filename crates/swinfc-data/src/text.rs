@@ -113,3 +113,30 @@ pub(crate) fn dataset_dir(root: &Path, folder: &str, marker: &str) -> Result<Pat
         ))
     }
 }
+
+/// The id-keyed metadata files CUB and NABirds share, each with a value column; labels and the
+/// split are checked to cover exactly the ids of `images.txt`.
+pub(crate) struct Metadata {
+    pub images: Records,
+    pub labels: Records,
+    pub split: Records,
+    pub classes: Records,
+}
+
+pub(crate) fn read_metadata(dir: &Path) -> Result<Metadata, DataError> {
+    let images = Records::read(&dir.join("images.txt"))?;
+    let labels = Records::read(&dir.join("image_class_labels.txt"))?;
+    let split = Records::read(&dir.join("train_test_split.txt"))?;
+    let classes = Records::read(&dir.join("classes.txt"))?;
+    for r in [&images, &labels, &split, &classes] {
+        r.require_value()?;
+    }
+    images.same_ids(&labels)?;
+    images.same_ids(&split)?;
+    Ok(Metadata {
+        images,
+        labels,
+        split,
+        classes,
+    })
+}

@@ -98,20 +98,25 @@ pub struct StepSettings {
     pub weight_decay: f64,
 }
 
-/// Momentum buffers, flat per parameter in visit order.
+/// Momentum buffers, flat per parameter in visit order, and that order's layout (fixed for a
+/// model, so it is computed once rather than every step).
 pub struct Sgd<B: AutodiffBackend> {
+    layout: FlatLayout,
     velocity: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
 impl<B: AutodiffBackend> Sgd<B> {
-    pub fn new(layout: &FlatLayout, device: &burn::tensor::Device<B::InnerBackend>) -> Self {
-        Self {
-            velocity: layout
-                .slots
-                .iter()
-                .map(|s| Tensor::zeros([s.numel], device))
-                .collect(),
-        }
+    pub fn new(layout: FlatLayout, device: &burn::tensor::Device<B::InnerBackend>) -> Self {
+        let velocity = layout
+            .slots
+            .iter()
+            .map(|s| Tensor::zeros([s.numel], device))
+            .collect();
+        Self { layout, velocity }
+    }
+
+    pub fn layout(&self) -> &FlatLayout {
+        &self.layout
     }
 
     /// Applies one update with the (already averaged and clipped) flat gradient.
@@ -121,9 +126,8 @@ impl<B: AutodiffBackend> Sgd<B> {
         grad: Tensor<B::InnerBackend, 1>,
         settings: StepSettings,
     ) -> SwinFc<B> {
-        let layout = FlatLayout::of(&model);
         model.map(&mut Update {
-            layout: &layout,
+            layout: &self.layout,
             grad,
             velocity: &mut self.velocity,
             settings,
@@ -148,7 +152,10 @@ impl<B: AutodiffBackend> Sgd<B> {
         }
         let mut velocity = Vec::new();
         loaded.visit(&mut CollectValues { out: &mut velocity });
-        Ok(Self { velocity })
+        Ok(Self {
+            layout: FlatLayout::of(model),
+            velocity,
+        })
     }
 }
 

@@ -137,7 +137,7 @@ pub fn train<B: AutodiffBackend>(
             Box::new(Disk),
         )
     });
-    let layout = FlatLayout::of(&model);
+    let flat_len = sgd.layout().len;
     let mut last_eval = None;
     let mut stop_after = None;
     let mut step = first_step;
@@ -195,7 +195,7 @@ pub fn train<B: AutodiffBackend>(
         comm.all_reduce_sum_f32(&mut buffer)?;
         let scale = 1.0 / (world * accum) as f32;
         buffer.iter_mut().for_each(|v| *v *= scale);
-        let mean_losses: Vec<f32> = buffer.split_off(layout.len);
+        let mean_losses: Vec<f32> = buffer.split_off(flat_len);
         let t_opt = Instant::now();
 
         // Clip by the global norm, then step; a non-finite norm skips the step on every rank.
@@ -224,23 +224,26 @@ pub fn train<B: AutodiffBackend>(
         }
         step += 1;
         let t_end = Instant::now();
+        // Samples of the training stream consumed so far: the whole resume state of the sampler.
+        let position = stream_start + (step - first_step) * global;
 
         // Metrics.
         let data_wait = loader.wait_seconds() - wait_before;
-        let record = serde_json::json!({
-            "kind": "step", "rank": rank, "step": step, "samples": samples,
-            "epoch": stream.epoch_of(stream_start + (step - first_step) * global),
-            "loss": mean_losses[0], "loss_components": {
-                "backbone_ce": mean_losses[1], "stage2_ce": mean_losses[2], "stage3_ce": mean_losses[3],
-                "stage4_ce": mean_losses[4], "contrastive": mean_losses[5] },
-            "lr": {"backbone": lr[0], "new": lr[1]}, "grad_norm": norm, "nonfinite": nonfinite_streak > 0,
-            "seconds": (t_end - t_step).as_secs_f64(),
-            "phases": { "data_wait": data_wait, "compute": (t_sync - t_step).as_secs_f64() - data_wait,
-                "grad_sync": (t_opt - t_sync).as_secs_f64(), "optimizer": (t_end - t_opt).as_secs_f64() },
-            "allreduce_bytes": (layout.len + LOSS_SLOTS) * 4,
-            "skipped": loader.skip_counts(),
-        });
+        // Only a launched worker has someone to report to.
         if let Some(control) = control.as_deref_mut() {
+            let record = serde_json::json!({
+                "kind": "step", "rank": rank, "step": step, "samples": samples,
+                "epoch": stream.epoch_of(position),
+                "loss": mean_losses[0], "loss_components": {
+                    "backbone_ce": mean_losses[1], "stage2_ce": mean_losses[2], "stage3_ce": mean_losses[3],
+                    "stage4_ce": mean_losses[4], "contrastive": mean_losses[5] },
+                "lr": {"backbone": lr[0], "new": lr[1]}, "grad_norm": norm, "nonfinite": nonfinite_streak > 0,
+                "seconds": (t_end - t_step).as_secs_f64(),
+                "phases": { "data_wait": data_wait, "compute": (t_sync - t_step).as_secs_f64() - data_wait,
+                    "grad_sync": (t_opt - t_sync).as_secs_f64(), "optimizer": (t_end - t_opt).as_secs_f64() },
+                "allreduce_bytes": (flat_len + LOSS_SLOTS) * 4,
+                "skipped": loader.skip_counts(),
+            });
             control.report(record)?;
         }
         if rank == 0 && (step % cfg.metrics.log_every.max(1) == 0 || step == total) {
@@ -281,8 +284,8 @@ pub fn train<B: AutodiffBackend>(
         if save_due && let Some(writer) = &writer {
             let state = TrainState {
                 step,
-                epoch: stream.epoch_of(stream_start + (step - first_step) * global),
-                stream_position: stream_start + (step - first_step) * global,
+                epoch: stream.epoch_of(position),
+                stream_position: position,
                 seed: cfg.run.seed,
                 config_hash: cfg.hash(),
                 world_size: world,
@@ -403,7 +406,7 @@ fn build_replicas<B: AutodiffBackend>(
     comm.broadcast_bytes(0, &mut optim_bytes)?;
     let (model, _) = load_state_dict(model, &state_dict_from_bytes(&model_bytes)?)?;
     let sgd = if optim_bytes.is_empty() {
-        Sgd::new(&FlatLayout::of(&model), device)
+        Sgd::new(FlatLayout::of(&model), device)
     } else {
         Sgd::load_state_dict(&model, &state_dict_from_bytes(&optim_bytes)?)?
     };
@@ -493,9 +496,8 @@ pub fn evaluate<B: AutodiffBackend>(
     while let Some(batch) = loader.next() {
         let batch = batch?;
         let n = batch.labels.len();
-        let inner = device.clone();
-        let images = Tensor::from_data(TensorData::new(batch.images, batch.shape), &inner);
-        let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &inner);
+        let images = Tensor::from_data(TensorData::new(batch.images, batch.shape), device);
+        let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(batch.labels, [n]), device);
         let out = model.forward(images, None);
         let [z2, z3, z4] = out.logits_stages.clone();
         for (count, logits) in counts

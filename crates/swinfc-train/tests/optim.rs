@@ -40,8 +40,7 @@ fn flat_sgd_matches_burn_sgd_with_two_groups() {
     let (lr_bb, lr_new, wd) = (0.01, 0.05, 1e-3f32 as f64);
 
     let mut ours = cfg.init::<B>(1, &dev);
-    let layout = FlatLayout::of(&ours);
-    let mut sgd = Sgd::<B>::new(&layout, &dev);
+    let mut sgd = Sgd::<B>::new(FlatLayout::of(&ours), &dev);
     let mut theirs = ours.clone();
     let sgd_config = || {
         SgdConfig::new()
