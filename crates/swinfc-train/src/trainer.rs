@@ -90,6 +90,10 @@ pub struct RunSummary {
 
 /// The six loss values carried at the end of the gradient buffer, so one all-reduce serves both.
 const LOSS_SLOTS: usize = 6;
+/// One more slot after the losses: how many ranks hold the launcher's stop request. Voting in the
+/// step's own all-reduce makes every rank stop after the same step, however late each one read
+/// the request.
+const STOP_SLOT: usize = 1;
 
 /// Trains on this worker. Every rank calls it with the same config and its own collective;
 /// `control` (absent for a single local process) carries heartbeats, reports and commands.
@@ -192,7 +196,9 @@ pub fn train<B: AutodiffBackend>(
             .to_vec::<f32>()
             .expect("gradients are f32");
         buffer.extend_from_slice(&losses);
+        buffer.push(f32::from(stop_after.is_some_and(|k| step + 1 >= k)));
         comm.all_reduce_sum_f32(&mut buffer)?;
+        let stopping = buffer.pop().is_some_and(|votes| votes > 0.0);
         let scale = 1.0 / (world * accum) as f32;
         buffer.iter_mut().for_each(|v| *v *= scale);
         let mean_losses: Vec<f32> = buffer.split_off(flat_len);
@@ -241,7 +247,7 @@ pub fn train<B: AutodiffBackend>(
                 "seconds": (t_end - t_step).as_secs_f64(),
                 "phases": { "data_wait": data_wait, "compute": (t_sync - t_step).as_secs_f64() - data_wait,
                     "grad_sync": (t_opt - t_sync).as_secs_f64(), "optimizer": (t_end - t_opt).as_secs_f64() },
-                "allreduce_bytes": (flat_len + LOSS_SLOTS) * 4,
+                "allreduce_bytes": (flat_len + LOSS_SLOTS + STOP_SLOT) * 4,
                 "skipped": loader.skip_counts(),
             });
             control.report(record)?;
@@ -258,10 +264,12 @@ pub fn train<B: AutodiffBackend>(
         }
 
         // Evaluation and checkpoints.
-        let stopping = stop_after.is_some_and(|k| step >= k);
         let eval_due = step == total || (cfg.eval.every_steps > 0 && step % cfg.eval.every_steps == 0);
         let mut accuracy = None;
         if eval_due && !stopping {
+            if let Some(control) = control.as_deref_mut() {
+                control.heartbeat(step, "eval")?;
+            }
             let result = evaluate(&model, &dataset, &data_cfg, cfg, step, comm, device)?;
             info!(
                 rank,
@@ -306,6 +314,9 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     drop(loader);
+    if let Some(control) = control.as_deref_mut() {
+        control.heartbeat(step, "finishing")?;
+    }
     if let Some(writer) = writer {
         report_saves(writer.flush(), control)?;
     }
