@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Parser};
 use swinfc_launch::{Devices, LaunchOptions, Outcome, launch, slurm_defaults};
 
@@ -122,7 +122,14 @@ fn worker_binary() -> Result<PathBuf> {
         return Ok(path.into());
     }
     let me = std::env::current_exe().context("locating swinfc-launch")?;
-    Ok(me.with_file_name("swinfc"))
+    let worker = me.with_file_name("swinfc");
+    if !worker.exists() {
+        bail!(
+            "{} not found: the workers are `swinfc worker` processes, built beside swinfc-launch              (cargo build --release builds both; or set SWINFC_WORKER_BIN)",
+            worker.display()
+        );
+    }
+    Ok(worker)
 }
 
 fn swinfc_cli_logging() {
