@@ -72,6 +72,8 @@ struct Supervisor<'a> {
     drain: Option<Drain>,
     /// Highest step any rank reported completing, over the whole job.
     max_step: u64,
+    /// Highest step completed in the current round (a restarted round starts below `max_step`).
+    round_step: u64,
     /// The newest checkpoint rank 0 reported committed in this job.
     committed: Option<u64>,
 }
@@ -103,6 +105,7 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         nodes: Nodes::new(plan.nnodes),
         drain: None,
         max_step: 0,
+        round_step: 0,
         committed: None,
     };
     let result = sup.run_rounds(&token, port);
@@ -141,6 +144,7 @@ impl Supervisor<'_> {
             };
             info!(generation, attempt = round.attempt, resume = %from, "starting workers");
             self.console.restart_at(start_step);
+            self.round_step = start_step;
             self.nodes.start(&self.server, &round);
             let group = Group::spawn(self.plan, self.opts, &round, &self.console)?;
             match self.watch(group, start_step) {
@@ -164,6 +168,14 @@ impl Supervisor<'_> {
                             restarts - 1,
                             self.opts.max_restarts
                         )));
+                    }
+                    // A signal that came while the round was being stopped: nothing is running,
+                    // so the newest checkpoint already is where the job stands.
+                    while let Ok(signal) = self.signals.try_recv() {
+                        self.on_signal(signal);
+                    }
+                    if self.drain.is_some() {
+                        return Ok(Outcome::Preempted);
                     }
                     generation += 1;
                     self.server.new_generation(generation);
@@ -211,7 +223,7 @@ impl Supervisor<'_> {
             }
             if ranks.iter().all(|r| r.done) {
                 group.reap();
-                let preempted = self.drain.is_some() && self.max_step < self.plan.cfg.train.total_steps;
+                let preempted = self.drain.is_some() && self.round_step < self.plan.cfg.train.total_steps;
                 return if preempted { End::Drained } else { End::Finished };
             }
             match self.server.events().recv_timeout(POLL) {
@@ -278,6 +290,7 @@ impl Supervisor<'_> {
                     Some("step") => {
                         let step = record.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
                         self.max_step = self.max_step.max(step);
+                        self.round_step = self.round_step.max(step);
                         if rank == 0 {
                             if let Some(s) = record.get("seconds").and_then(|s| s.as_f64()) {
                                 step_seconds.push(s);
@@ -337,7 +350,7 @@ impl Supervisor<'_> {
         let now = Instant::now();
         match &mut self.drain {
             None => {
-                let stop_after = self.max_step + 1;
+                let stop_after = self.round_step + 1;
                 info!(
                     signal = signal.name(),
                     stop_after, "draining: stop after a common step, save, exit"
