@@ -166,6 +166,10 @@ fn chart(svg: &mut String, x0: f64, y0: f64, title: &str, series: &[Series]) {
         );
         return;
     };
+    // Every plotted quantity is non-negative: starting at zero keeps small wiggles small.
+    let ymin = ymin.min(0.0);
+    // Headroom for the legend in the top-right corner.
+    let ymax = ymax + 0.2 * (ymax - ymin);
     let sx = |x: f64| px + (x - xmin) / (xmax - xmin) * pw;
     let sy = |y: f64| py + ph - (y - ymin) / (ymax - ymin) * ph;
     for t in ticks(xmin, xmax) {
