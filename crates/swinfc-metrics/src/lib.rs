@@ -15,7 +15,9 @@ mod telemetry;
 use std::path::{Path, PathBuf};
 
 pub use catalogue::{CATALOGUE, Kind, MetricSpec};
-pub use telemetry::{EVENTS_FILE, RestartReason, RunInfo, RunState, TARGETS_FILE, Telemetry};
+pub use telemetry::{
+    EVENTS_FILE, RUN_ID_FILE, RestartReason, RunInfo, RunState, TARGETS_FILE, Telemetry, persistent_run_id,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

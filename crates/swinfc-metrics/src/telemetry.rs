@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{Recorder, counter, gauge, histogram, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -108,6 +108,32 @@ impl RestartReason {
             RestartReason::Preemption => "preemption",
         }
     }
+}
+
+/// The file in the run directory that keeps `run_id` across restarts and requeues.
+pub const RUN_ID_FILE: &str = "run_id";
+
+/// The run's `run_id`: the one persisted in `run_dir` if any, else `preferred` (e.g. Slurm's job
+/// id, which survives requeues), else a new one from the clock and process id; persisted so that
+/// every later launcher of this run directory labels its series the same.
+pub fn persistent_run_id(run_dir: &Path, preferred: Option<&str>) -> Result<String, MetricsError> {
+    let path = run_dir.join(RUN_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(MetricsError::Io { path, source }),
+    }
+    let id = match preferred.map(str::trim).filter(|p| !p.is_empty()) {
+        Some(id) => id.to_string(),
+        None => {
+            let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            format!("{:x}-{:x}", since.as_millis(), std::process::id())
+        }
+    };
+    std::fs::create_dir_all(run_dir).map_err(MetricsError::io(run_dir))?;
+    std::fs::write(&path, format!("{id}\n")).map_err(MetricsError::io(&path))?;
+    Ok(id)
 }
 
 /// The run's exporter, event log and progress bookkeeping. Send + Sync: share it by reference or
@@ -305,8 +331,13 @@ impl Telemetry {
 
         let throughput = {
             let mut progress = lock(&self.progress);
+            // The first window starts when the first reported step did.
             let start = *progress.window_start.get_or_insert_with(|| {
-                Instant::now() - std::time::Duration::from_secs_f64(r.seconds.max(0.0))
+                let now = Instant::now();
+                Duration::try_from_secs_f64(r.seconds)
+                    .ok()
+                    .and_then(|d| now.checked_sub(d))
+                    .unwrap_or(now)
             });
             progress.window_samples += r.samples;
             let due = rank == 0

@@ -531,3 +531,23 @@ fn catalogue_follows_the_naming_rules() {
         assert!(!spec.help.is_empty());
     }
 }
+
+#[test]
+fn run_id_is_persisted_in_the_run_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let first = swinfc_metrics::persistent_run_id(&run_dir, Some("12345")).unwrap();
+    assert_eq!(first, "12345");
+    // A requeue under another job id keeps the run's id.
+    assert_eq!(
+        swinfc_metrics::persistent_run_id(&run_dir, Some("999")).unwrap(),
+        "12345"
+    );
+    let other = dir.path().join("other");
+    let generated = swinfc_metrics::persistent_run_id(&other, None).unwrap();
+    assert!(!generated.is_empty());
+    assert_eq!(
+        swinfc_metrics::persistent_run_id(&other, None).unwrap(),
+        generated
+    );
+}
