@@ -191,12 +191,12 @@ impl Telemetry {
             .append(true)
             .open(&events_path)
             .map_err(MetricsError::io(&events_path))?;
-        let targets = run_dir.join(TARGETS_FILE);
-        write_targets(&targets, addr)?;
-
         let rendered = seconds.clone();
         let server =
             Server::spawn(listener, move || render(&handle, &rendered)).map_err(MetricsError::io(run_dir))?;
+        // Only once something answers there: Prometheus may read the file at once.
+        let targets = run_dir.join(TARGETS_FILE);
+        write_targets(&targets, addr)?;
         info!(%addr, targets = %targets.display(), "serving /metrics");
         let telemetry = Telemetry {
             recorder,
