@@ -316,8 +316,9 @@ impl Telemetry {
             if let Some(norm) = r.grad_norm.filter(|n| n.is_finite()) {
                 histogram!(OPTIMIZER_GRAD_NORM).record(norm);
             }
-            gauge!(OPTIMIZER_LR, "param_group" => "backbone").set(r.lr.backbone);
-            gauge!(OPTIMIZER_LR, "param_group" => "new").set(r.lr.new);
+            for (group, lr) in PARAM_GROUPS.into_iter().zip([r.lr.backbone, r.lr.new]) {
+                gauge!(OPTIMIZER_LR, "param_group" => group).set(lr);
+            }
         });
         for (phase, secs) in r.phases.labelled() {
             self.seconds.add(
