@@ -64,6 +64,10 @@ struct Cli {
     /// Lower bound of the training-step hang timeout (otherwise 10 × the p99 step time).
     #[arg(long, default_value = "60", value_parser = swinfc_launch::seconds)]
     step_timeout: Duration,
+    /// Seconds to keep serving /metrics after the run ends, so the last values get scraped
+    /// (a signal ends the wait).
+    #[arg(long, default_value = "0", value_parser = swinfc_launch::seconds)]
+    metrics_linger: Duration,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +112,7 @@ fn run() -> Result<ExitCode> {
         worker_bin: worker_binary()?,
         setup_timeout: cli.setup_timeout,
         step_timeout: cli.step_timeout,
+        metrics_linger: cli.metrics_linger,
         slurm_requeue_id: slurm.requeue_id,
     };
     Ok(match launch(opts)? {

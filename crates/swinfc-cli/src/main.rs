@@ -59,6 +59,14 @@ enum Command {
     /// Dataset tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Draw loss components, learning rates, throughput and eval accuracy over steps from a run's
+    /// events.jsonl, as one SVG (for users without Grafana).
+    Plot {
+        run_dir: PathBuf,
+        /// The SVG to write (default: RUN_DIR/report.svg).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +173,20 @@ fn main() -> Result<()> {
             config,
         } => import_weights(&input, &output, num_classes, config.as_deref()),
         Command::Data(DataCommand::Check { config }) => data_check(&config),
+        Command::Plot { run_dir, output } => {
+            let output = output.unwrap_or_else(|| run_dir.join("report.svg"));
+            if output.extension().is_none_or(|e| !e.eq_ignore_ascii_case("svg")) {
+                bail!("{}: the report is SVG only; name it *.svg", output.display());
+            }
+            let summary = swinfc_metrics::plot::plot_run(&run_dir, &output)?;
+            println!(
+                "{}: {} step summaries, {} evals",
+                output.display(),
+                summary.step_summaries,
+                summary.evals
+            );
+            Ok(())
+        }
     }
 }
 

@@ -16,7 +16,7 @@ data: {dataset: synthetic, classes: 4, train_per_class: 8, test_per_class: 2, im
 train: {global_batch: 8, micro_batch: 4, total_steps: 24, warmup_steps: 2, lr_backbone: 0.01, lr_new: 0.05, grad_clip: 1.0}
 eval: {every_steps: 12}
 checkpoint: {every_steps: 4, keep_last: 3}
-metrics: {log_every: 4}
+metrics: {log_every: 4, listen: '127.0.0.1:0'}
 ";
 
 struct Run {
@@ -202,6 +202,8 @@ fn the_demo_config_reaches_80_percent_on_two_cpu_workers() {
             "train.total_steps=40",
             "--set",
             "eval.every_steps=40",
+            "--set",
+            "metrics.listen=127.0.0.1:0",
         ])
         .output()
         .unwrap();

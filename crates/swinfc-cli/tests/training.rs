@@ -16,6 +16,7 @@ data: {dataset: synthetic, classes: 4, train_per_class: 6, test_per_class: 3, im
 train: {global_batch: 8, micro_batch: 4, total_steps: 6, warmup_steps: 1, lr_backbone: 0.01, lr_new: 0.05, grad_clip: 1.0, weight_decay: 0.0001}
 eval: {every_steps: 3}
 checkpoint: {every_steps: 3, keep_last: 5}
+metrics: {listen: '127.0.0.1:0'}
 ";
 
 /// A config file whose run directory is `dir/run`.

@@ -72,6 +72,8 @@ pub struct LaunchOptions {
     pub setup_timeout: Duration,
     /// Floor of the training-step timeout, which is otherwise 10 × the p99 step time.
     pub step_timeout: Duration,
+    /// How long `/metrics` stays up after the run ends.
+    pub metrics_linger: Duration,
     /// Under Slurm: the id `scontrol requeue` takes (`<array job>_<task>` for arrays).
     pub slurm_requeue_id: Option<String>,
 }

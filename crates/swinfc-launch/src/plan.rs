@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use swinfc_train::TrainConfig;
 use swinfc_train::checkpoint::{latest_valid, verify};
+use tracing::warn;
 
 use crate::{Devices, LaunchError, LaunchOptions};
 
@@ -49,9 +50,16 @@ impl Plan {
             .config
             .file_stem()
             .map_or_else(|| "run".to_string(), |s| s.to_string_lossy().into_owned());
-        let run_id = match &opts.run_id {
-            Some(id) => id.clone(),
-            None => persisted_run_id(&cfg.run.dir).unwrap_or_else(|| new_run_id(&experiment)),
+        // The run directory's id wins: a run keeps one id across restarts, requeues and new jobs
+        // that resume it, so its series stay one line in Grafana.
+        let run_id = match (persisted_run_id(&cfg.run.dir), &opts.run_id) {
+            (Some(kept), Some(asked)) if &kept != asked => {
+                warn!(run_id = %kept, ignored = %asked, "the run directory already has a run id");
+                kept
+            }
+            (Some(kept), _) => kept,
+            (None, Some(asked)) => asked.clone(),
+            (None, None) => new_run_id(&experiment),
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Plan {
@@ -92,7 +100,7 @@ impl Plan {
     pub fn persist_run_id(&self) -> Result<(), LaunchError> {
         let dir = self.run_dir();
         std::fs::create_dir_all(dir).map_err(LaunchError::io(dir))?;
-        let path = dir.join("run_id");
+        let path = dir.join(swinfc_metrics::RUN_ID_FILE);
         std::fs::write(&path, format!("{}\n", self.run_id)).map_err(LaunchError::io(path))
     }
 
@@ -174,7 +182,7 @@ fn check_gpus(devices: &Devices) -> Result<(), LaunchError> {
 }
 
 fn persisted_run_id(dir: &Path) -> Option<String> {
-    let id = std::fs::read_to_string(dir.join("run_id")).ok()?;
+    let id = std::fs::read_to_string(dir.join(swinfc_metrics::RUN_ID_FILE)).ok()?;
     let id = id.trim();
     (!id.is_empty()).then(|| id.to_string())
 }

@@ -8,6 +8,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use swinfc_comm::{ControlServer, JobToken, ServerCommand, ServerEvent, ServerHandle};
+use swinfc_metrics::{RestartReason, RunInfo, RunState, Telemetry};
 use swinfc_train::checkpoint::verify;
 use tracing::{error, info, warn};
 
@@ -31,11 +32,32 @@ pub enum FailureKind {
     Hang,
 }
 
+impl FailureKind {
+    fn reason(self) -> RestartReason {
+        match self {
+            FailureKind::Crash => RestartReason::Crash,
+            FailureKind::Hang => RestartReason::Hang,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Failure {
     rank: usize,
     kind: FailureKind,
     cause: String,
+    detected: Instant,
+}
+
+impl Failure {
+    fn new(rank: usize, kind: FailureKind, cause: String) -> Failure {
+        Failure {
+            rank,
+            kind,
+            cause,
+            detected: Instant::now(),
+        }
+    }
 }
 
 enum End {
@@ -69,6 +91,11 @@ struct Supervisor<'a> {
     signals: Receiver<Signal>,
     console: Arc<Console>,
     nodes: Nodes,
+    telemetry: Telemetry,
+    /// The last state told to the telemetry, so each change is one event.
+    state: RunState,
+    /// Since when the job has been recovering from a failure (until the next step report).
+    recovering: Option<(RestartReason, Instant)>,
     drain: Option<Drain>,
     /// Highest step any rank reported completing, over the whole job.
     max_step: u64,
@@ -96,6 +123,13 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         plan.cfg.train.total_steps,
         plan.cfg.train.global_batch,
     ));
+    let telemetry =
+        Telemetry::start(&plan.cfg.metrics.listen, plan.run_dir(), run_info(plan)).map_err(|e| {
+            LaunchError::Failed(format!(
+                "{e} (another run on this node? set metrics.listen; port 0 picks a free one)"
+            ))
+        })?;
+    console.line(&format!("metrics: http://{}/metrics", telemetry.addr()));
     let mut sup = Supervisor {
         plan,
         opts,
@@ -103,6 +137,9 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         signals: signals::listen()?,
         console,
         nodes: Nodes::new(plan.nnodes),
+        telemetry,
+        state: RunState::Starting,
+        recovering: None,
         drain: None,
         max_step: 0,
         round_step: 0,
@@ -111,12 +148,27 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
     let result = sup.run_rounds(&token, port);
     sup.console.finish();
     crate::nodes::forget_token(plan);
-    let (outcome, reason) = match &result {
-        Ok(Outcome::Preempted) => ("preempted", "drained after a signal".to_string()),
-        Ok(_) => ("finished", "all steps done".to_string()),
-        Err(e) => ("failed", e.to_string()),
+    let (outcome, state, reason) = match &result {
+        Ok(Outcome::Preempted) => {
+            let step = sup.round_step;
+            (
+                "preempted",
+                RunState::Finished,
+                format!("preempted: drained at step {step}, resume with --resume auto"),
+            )
+        }
+        Ok(_) => (
+            "finished",
+            RunState::Finished,
+            "finished: all steps done".to_string(),
+        ),
+        Err(e) => ("failed", RunState::Failed, format!("failed: {e}")),
     };
     sup.nodes.exit(&sup.server, outcome, &reason);
+    sup.set_state(state);
+    sup.linger();
+    let Supervisor { telemetry, .. } = sup;
+    telemetry.finish(state, &reason);
     result
 }
 
@@ -146,7 +198,9 @@ impl Supervisor<'_> {
             self.console.restart_at(start_step);
             self.round_step = start_step;
             self.nodes.start(&self.server, &round);
+            self.telemetry.set_attempt(round.attempt);
             let group = Group::spawn(self.plan, self.opts, &round, &self.console)?;
+            self.set_state(RunState::Running);
             match self.watch(group, start_step) {
                 End::Finished => return Ok(Outcome::Finished),
                 End::Drained => {
@@ -181,11 +235,15 @@ impl Supervisor<'_> {
                     self.server.new_generation(generation);
                     resume = self.restart_point();
                     let (from_step, _) = self.plan.resume_point(&resume)?;
+                    let replayed = self.max_step.saturating_sub(from_step);
+                    let detail = format!("rank {} {}", failure.rank, failure.cause);
+                    self.telemetry.restart(failure.kind.reason(), &detail, replayed);
+                    self.recovering = Some((failure.kind.reason(), failure.detected));
                     info!(
                         restart = restarts,
                         generation,
                         from_step,
-                        replayed_steps = self.max_step.saturating_sub(from_step),
+                        replayed_steps = replayed,
                         "restarting the round from the latest valid checkpoint"
                     );
                 }
@@ -208,17 +266,11 @@ impl Supervisor<'_> {
         let mut step_seconds = Vec::new();
         loop {
             for (rank, status) in group.poll_exits() {
+                self.telemetry.worker_up(rank, false);
                 if status.success() {
                     ranks[rank].done = true;
                 } else {
-                    return self.fail(
-                        group,
-                        Failure {
-                            rank,
-                            kind: FailureKind::Crash,
-                            cause: describe(status),
-                        },
-                    );
+                    return self.fail(group, Failure::new(rank, FailureKind::Crash, describe(status)));
                 }
             }
             if ranks.iter().all(|r| r.done) {
@@ -234,11 +286,7 @@ impl Supervisor<'_> {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    let failure = Failure {
-                        rank: 0,
-                        kind: FailureKind::Crash,
-                        cause: "control server stopped".into(),
-                    };
+                    let failure = Failure::new(0, FailureKind::Crash, "control server stopped".into());
                     return self.fail(group, failure);
                 }
             }
@@ -270,6 +318,7 @@ impl Supervisor<'_> {
     ) -> Result<(), Failure> {
         match event {
             ServerEvent::Joined { rank, .. } => {
+                self.telemetry.worker_up(rank, true);
                 if let Some(drain) = &self.drain {
                     self.server
                         .send_command(rank, ServerCommand::StopAfterStep(drain.stop_after));
@@ -278,6 +327,14 @@ impl Supervisor<'_> {
             ServerEvent::Heartbeat { rank, step, phase } => {
                 if let Some(r) = ranks.get_mut(rank) {
                     r.last_beat = Instant::now();
+                    if rank == 0 {
+                        let state = if phase == "eval" {
+                            RunState::Evaluating
+                        } else {
+                            RunState::Running
+                        };
+                        self.set_state(state);
+                    }
                     r.phase = phase;
                     r.step = step;
                 }
@@ -286,11 +343,15 @@ impl Supervisor<'_> {
                 if let Some(r) = ranks.get_mut(rank) {
                     r.last_beat = Instant::now();
                 }
+                self.telemetry.report(rank, &record);
                 match record.get("kind").and_then(|k| k.as_str()) {
                     Some("step") => {
                         let step = record.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
                         self.max_step = self.max_step.max(step);
                         self.round_step = self.round_step.max(step);
+                        if let Some((reason, since)) = self.recovering.take() {
+                            self.telemetry.recovered(reason, since.elapsed().as_secs_f64());
+                        }
                         if rank == 0 {
                             if let Some(s) = record.get("seconds").and_then(|s| s.as_f64()) {
                                 step_seconds.push(s);
@@ -304,7 +365,7 @@ impl Supervisor<'_> {
                     _ => {}
                 }
             }
-            ServerEvent::Disconnected { .. } => {}
+            ServerEvent::Disconnected { rank, .. } => self.telemetry.worker_up(rank, false),
             ServerEvent::BadToken { peer } => warn!(%peer, "a connection with a wrong job token was refused"),
             ServerEvent::Rejected { peer, reason } => warn!(%peer, %reason, "a connection was refused"),
             ServerEvent::NodeReport { node, record } => match record.get("kind").and_then(|k| k.as_str()) {
@@ -316,11 +377,11 @@ impl Supervisor<'_> {
                         }
                     } else {
                         let cause = record.get("cause").and_then(|c| c.as_str()).unwrap_or("failed");
-                        return Err(Failure {
+                        return Err(Failure::new(
                             rank,
-                            kind: FailureKind::Crash,
-                            cause: format!("(node {node}) {cause}"),
-                        });
+                            FailureKind::Crash,
+                            format!("(node {node}) {cause}"),
+                        ));
                     }
                 }
                 Some("signal") => {
@@ -334,11 +395,11 @@ impl Supervisor<'_> {
             }
             ServerEvent::NodeGone { node, reason } => {
                 let rank = node * self.plan.local_workers();
-                return Err(Failure {
+                return Err(Failure::new(
                     rank,
-                    kind: FailureKind::Crash,
-                    cause: format!("node {node}'s launcher is gone: {reason}"),
-                });
+                    FailureKind::Crash,
+                    format!("node {node}'s launcher is gone: {reason}"),
+                ));
             }
         }
         Ok(())
@@ -348,6 +409,7 @@ impl Supervisor<'_> {
     /// shortens the deadline; a third stops at once. Never a second checkpoint.
     fn on_signal(&mut self, signal: Signal) {
         let now = Instant::now();
+        self.telemetry.signal(signal.name());
         match &mut self.drain {
             None => {
                 let stop_after = self.round_step + 1;
@@ -357,6 +419,7 @@ impl Supervisor<'_> {
                 );
                 self.server
                     .broadcast_command(ServerCommand::StopAfterStep(stop_after));
+                self.set_state(RunState::Draining);
                 self.drain = Some(Drain {
                     signal,
                     stop_after,
@@ -417,16 +480,13 @@ impl Supervisor<'_> {
         } else {
             ""
         };
-        Some(Failure {
-            rank: *rank,
-            kind: FailureKind::Hang,
-            cause: format!(
-                "hung: no progress for {:.0} s in phase {} at step {}{suspended}",
-                quiet.as_secs_f64(),
-                r.phase,
-                r.step
-            ),
-        })
+        let cause = format!(
+            "hung: no progress for {:.0} s in phase {} at step {}{suspended}",
+            quiet.as_secs_f64(),
+            r.phase,
+            r.step
+        );
+        Some(Failure::new(*rank, FailureKind::Hang, cause))
     }
 
     /// Stops the round everywhere after a failure.
@@ -435,6 +495,7 @@ impl Supervisor<'_> {
             "rank {} {}: stopping the round",
             failure.rank, failure.cause
         ));
+        self.set_state(RunState::Restarting);
         self.server.broadcast_command(ServerCommand::Abort);
         self.nodes.stop(&self.server, self.opts.grace_period);
         group.stop(self.opts.grace_period);
@@ -452,6 +513,26 @@ impl Supervisor<'_> {
             return "auto".into();
         }
         self.opts.resume.clone()
+    }
+
+    /// Keeps `/metrics` up after the end (`--metrics-linger`) so Prometheus scrapes the final
+    /// values; a signal ends the wait.
+    fn linger(&self) {
+        let deadline = Instant::now() + self.opts.metrics_linger;
+        while Instant::now() < deadline {
+            if self.signals.recv_timeout(POLL).is_ok() {
+                break;
+            }
+        }
+    }
+
+    /// One event per change; a drain is not interrupted by rank 0's eval or step heartbeats.
+    fn set_state(&mut self, state: RunState) {
+        let draining = self.drain.is_some() && state != RunState::Restarting;
+        if state != self.state && !(draining && self.state == RunState::Draining) {
+            self.state = state;
+            self.telemetry.set_state(state);
+        }
     }
 
     /// Under Slurm, SIGUSR1 means the time limit is near: put the job back in the queue.
@@ -482,4 +563,25 @@ fn step_timeout(step_seconds: &[f64], floor: Duration) -> Duration {
     sorted.sort_by(f64::total_cmp);
     let p99 = sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize];
     floor.max(Duration::from_secs_f64(10.0 * p99))
+}
+
+fn run_info(plan: &Plan) -> RunInfo {
+    let m = &plan.cfg.model;
+    let dataset = plan
+        .cfg
+        .data
+        .get("dataset")
+        .and_then(|d| d.as_str())
+        .unwrap_or("unknown");
+    RunInfo {
+        run_id: plan.run_id.clone(),
+        experiment: plan.experiment.clone(),
+        model: format!("swinfc-e{}-{}px", m.embed_dim, m.img_size),
+        dataset: dataset.to_string(),
+        world_size: plan.world_size(),
+        target_steps: plan.cfg.train.total_steps,
+        log_every: plan.cfg.metrics.log_every,
+        loss_weights: plan.cfg.loss.betas.map(f64::from),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
 }

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -254,28 +255,96 @@ pub fn apply_retention(root: &Path, keep_last: usize, keep_best: bool) -> Result
     Ok(())
 }
 
-/// Writes checkpoints on a background thread so training only waits for the copy to host memory.
-pub struct CheckpointWriter {
-    jobs: Option<mpsc::Sender<CheckpointData>>,
-    results: mpsc::Receiver<Result<(PathBuf, TrainState, u64), CheckpointError>>,
-    thread: Option<JoinHandle<()>>,
+/// Why a checkpoint is saved (the `reason` of `swinfc_checkpoints_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveReason {
+    /// `checkpoint.every_steps`.
+    Periodic,
+    /// The launcher asked to stop after this step (drain on a signal).
+    Preemption,
+    /// The last step of the run.
+    Final,
+}
+
+impl SaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaveReason::Periodic => "periodic",
+            SaveReason::Preemption => "preemption",
+            SaveReason::Final => "final",
+        }
+    }
+}
+
+/// A checkpoint committed by the background writer.
+#[derive(Debug)]
+pub struct Saved {
+    pub dir: PathBuf,
+    pub state: TrainState,
+    /// Bytes of the files written (without the manifest).
+    pub bytes: u64,
+    pub reason: SaveReason,
+    /// Training paused: from `started` (see [`CheckpointWriter::submit`]) to the hand-over.
+    pub blocking_seconds: f64,
+    /// The background write, retention included.
+    pub write_seconds: f64,
+    /// From `started` to the commit, time queued behind an earlier save included.
+    pub total_seconds: f64,
+}
+
+/// A save that failed; the previous checkpoints are intact.
+#[derive(Debug)]
+pub struct SaveFailure {
+    pub step: u64,
+    pub reason: SaveReason,
+    pub blocking_seconds: f64,
+    pub error: CheckpointError,
 }
 
 /// A finished background save.
-pub type SaveResult = Result<(PathBuf, TrainState, u64), CheckpointError>;
+pub type SaveResult = Result<Saved, SaveFailure>;
+
+struct Job {
+    data: CheckpointData,
+    reason: SaveReason,
+    started: Instant,
+    blocking_seconds: f64,
+}
+
+/// Writes checkpoints on a background thread so training only waits for the copy to host memory.
+pub struct CheckpointWriter {
+    jobs: Option<mpsc::Sender<Job>>,
+    results: mpsc::Receiver<SaveResult>,
+    thread: Option<JoinHandle<()>>,
+}
 
 impl CheckpointWriter {
     pub fn new(root: PathBuf, keep_last: usize, keep_best: bool, storage: Box<dyn Storage>) -> Self {
-        let (jobs, rx) = mpsc::channel::<CheckpointData>();
+        let (jobs, rx) = mpsc::channel::<Job>();
         let (tx, results) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                for data in rx {
-                    let bytes: u64 = data.files.iter().map(|(_, b)| b.len() as u64).sum();
-                    let result = write_checkpoint(&root, &data, storage.as_ref())
+                for job in rx {
+                    let write_start = Instant::now();
+                    let bytes: u64 = job.data.files.iter().map(|(_, b)| b.len() as u64).sum();
+                    let result = write_checkpoint(&root, &job.data, storage.as_ref())
                         .and_then(|dir| apply_retention(&root, keep_last, keep_best).map(|_| dir))
-                        .map(|dir| (dir, data.state.clone(), bytes));
+                        .map(|dir| Saved {
+                            dir,
+                            state: job.data.state.clone(),
+                            bytes,
+                            reason: job.reason,
+                            blocking_seconds: job.blocking_seconds,
+                            write_seconds: write_start.elapsed().as_secs_f64(),
+                            total_seconds: job.started.elapsed().as_secs_f64(),
+                        })
+                        .map_err(|error| SaveFailure {
+                            step: job.data.state.step,
+                            reason: job.reason,
+                            blocking_seconds: job.blocking_seconds,
+                            error,
+                        });
                     if tx.send(result).is_err() {
                         break;
                     }
@@ -289,10 +358,18 @@ impl CheckpointWriter {
         }
     }
 
-    pub fn submit(&self, data: CheckpointData) {
+    /// Queues `data` for writing. `started` is when training paused to build it, so the
+    /// result can tell the blocking part from the background write.
+    pub fn submit(&self, data: CheckpointData, reason: SaveReason, started: Instant) {
         if let Some(jobs) = &self.jobs {
+            let blocking_seconds = started.elapsed().as_secs_f64();
             // The thread only stops when this writer is dropped.
-            let _ = jobs.send(data);
+            let _ = jobs.send(Job {
+                data,
+                reason,
+                started,
+                blocking_seconds,
+            });
         }
     }
 

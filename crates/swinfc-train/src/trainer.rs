@@ -2,9 +2,10 @@
 //! identical replicas, then per step: data → forward → losses → backward → all-reduce → step →
 //! metrics → checkpoint, with evaluation every `eval.every_steps` and at the end.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -25,8 +26,8 @@ use swinfc_model::{ConfigError, SwinFc, swinfc_loss};
 use tracing::{info, warn};
 
 use crate::checkpoint::{
-    CLASSES, CONFIG, CheckpointData, CheckpointError, CheckpointWriter, Disk, TrainState, latest_valid,
-    verify,
+    CLASSES, CONFIG, CheckpointData, CheckpointError, CheckpointWriter, Disk, SaveReason, SaveResult,
+    TrainState, latest_valid, verify,
 };
 use crate::config::TrainConfig;
 use crate::optim::{FlatLayout, Sgd, StepSettings, clip_factor, flat_tensor, flatten_grads, learning_rate};
@@ -145,6 +146,8 @@ pub fn train<B: AutodiffBackend>(
     let mut last_eval = None;
     let mut stop_after = None;
     let mut step = first_step;
+    // Loader skip counts already reported: records carry what was skipped since the previous one.
+    let mut skips_reported = BTreeMap::new();
 
     while step < total {
         if let Some(control) = control.as_deref_mut() {
@@ -162,6 +165,7 @@ pub fn train<B: AutodiffBackend>(
         let mut flat: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut losses = [0.0f32; LOSS_SLOTS];
         let mut samples = 0usize;
+        let (mut forward, mut backward) = (Duration::ZERO, Duration::ZERO);
         for a in 0..accum {
             let batch = loader
                 .next()
@@ -170,6 +174,7 @@ pub fn train<B: AutodiffBackend>(
             let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images, batch.shape), device);
             let labels =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [batch.shape[0]]), device);
+            let t_forward = Instant::now();
             let out = model.forward(images, Some(drop_key(cfg.run.seed, step, rank * accum + a)));
             let parts = swinfc_loss(&out, labels, &cfg.loss);
             let [s2, s3, s4] = &parts.stage_ce;
@@ -180,12 +185,19 @@ pub fn train<B: AutodiffBackend>(
             {
                 *slot += t.clone().into_scalar().elem::<f32>();
             }
+            // Reading the losses waited for the forward pass, so this is its real duration on GPU too.
+            forward += t_forward.elapsed();
+            let t_backward = Instant::now();
             let grads = GradientsParams::from_grads(parts.total.backward(), &model);
             let g = flatten_grads(&model, &grads);
             flat = Some(match flat {
                 Some(acc) => acc + g,
                 None => g,
             });
+            // Wait for the queued backward kernels so their time is not billed to grad_sync. A device
+            // error surfaces at the gradient read just below.
+            let _ = B::sync(device);
+            backward += t_backward.elapsed();
         }
         let t_sync = Instant::now();
 
@@ -197,7 +209,9 @@ pub fn train<B: AutodiffBackend>(
             .expect("gradients are f32");
         buffer.extend_from_slice(&losses);
         buffer.push(f32::from(stop_after.is_some_and(|k| step + 1 >= k)));
+        let t_allreduce = Instant::now();
         comm.all_reduce_sum_f32(&mut buffer)?;
+        let allreduce_seconds = t_allreduce.elapsed().as_secs_f64();
         let stopping = buffer.pop().is_some_and(|votes| votes > 0.0);
         let scale = 1.0 / (world * accum) as f32;
         buffer.iter_mut().for_each(|v| *v *= scale);
@@ -235,22 +249,36 @@ pub fn train<B: AutodiffBackend>(
 
         // Metrics.
         let data_wait = loader.wait_seconds() - wait_before;
-        // Only a launched worker has someone to report to.
+        // Only a launched worker has someone to report to. Schema: swinfc_metrics::record.
         if let Some(control) = control.as_deref_mut() {
+            let seconds = (t_end - t_step).as_secs_f64();
+            let [forward, backward] = [forward, backward].map(|d| d.as_secs_f64());
+            let (grad_sync, optimizer) = ((t_opt - t_sync).as_secs_f64(), (t_end - t_opt).as_secs_f64());
+            let other = (seconds - data_wait - forward - backward - grad_sync - optimizer).max(0.0);
+            let train_len = stream.train_len().max(1) as u64;
+            let skips = loader.skip_counts();
+            let skipped: BTreeMap<&String, u64> = skips
+                .iter()
+                .map(|(reason, n)| (reason, n - skips_reported.get(reason).unwrap_or(&0)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
             let record = serde_json::json!({
                 "kind": "step", "rank": rank, "step": step, "samples": samples,
                 "epoch": stream.epoch_of(position),
+                "epoch_progress_ratio": (position % train_len) as f64 / train_len as f64,
                 "loss": mean_losses[0], "loss_components": {
                     "backbone_ce": mean_losses[1], "stage2_ce": mean_losses[2], "stage3_ce": mean_losses[3],
                     "stage4_ce": mean_losses[4], "contrastive": mean_losses[5] },
-                "lr": {"backbone": lr[0], "new": lr[1]}, "grad_norm": norm, "nonfinite": nonfinite_streak > 0,
-                "seconds": (t_end - t_step).as_secs_f64(),
-                "phases": { "data_wait": data_wait, "compute": (t_sync - t_step).as_secs_f64() - data_wait,
-                    "grad_sync": (t_opt - t_sync).as_secs_f64(), "optimizer": (t_end - t_opt).as_secs_f64() },
-                "allreduce_bytes": (flat_len + LOSS_SLOTS + STOP_SLOT) * 4,
-                "skipped": loader.skip_counts(),
+                "lr": {"backbone": lr[0], "new": lr[1]}, "grad_norm": norm,
+                "nonfinite": u32::from(nonfinite_streak > 0),
+                "seconds": seconds,
+                "phases": { "data_wait": data_wait, "forward": forward, "backward": backward,
+                    "grad_sync": grad_sync, "optimizer": optimizer, "other": other },
+                "allreduce_seconds": allreduce_seconds, "allreduce_bytes": (flat_len + LOSS_SLOTS + STOP_SLOT) * 4,
+                "skipped": skipped,
             });
             control.report(record)?;
+            skips_reported = skips;
         }
         if rank == 0 && (step % cfg.metrics.log_every.max(1) == 0 || step == total) {
             info!(
@@ -280,7 +308,9 @@ pub fn train<B: AutodiffBackend>(
                 "eval"
             );
             if let Some(control) = control.as_deref_mut() {
-                control.report(serde_json::json!({"kind": "eval", "rank": rank, "result": result}))?;
+                control.report(
+                    serde_json::json!({"kind": "eval", "rank": rank, "split": "test", "result": result}),
+                )?;
             }
             best = Some(best.map_or(result.combined, |b: f64| b.max(result.combined)));
             accuracy = Some(result.combined);
@@ -290,6 +320,14 @@ pub fn train<B: AutodiffBackend>(
             || stopping
             || (cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0);
         if save_due && let Some(writer) = &writer {
+            let started = Instant::now();
+            let reason = if step == total {
+                SaveReason::Final
+            } else if stopping {
+                SaveReason::Preemption
+            } else {
+                SaveReason::Periodic
+            };
             let state = TrainState {
                 step,
                 epoch: stream.epoch_of(position),
@@ -303,7 +341,11 @@ pub fn train<B: AutodiffBackend>(
                 best_accuracy: best,
                 nonfinite_streak,
             };
-            writer.submit(checkpoint_data(&model, &sgd, state, cfg, &dataset.classes));
+            writer.submit(
+                checkpoint_data(&model, &sgd, state, cfg, &dataset.classes),
+                reason,
+                started,
+            );
         }
         if let Some(writer) = &writer {
             report_saves(writer.finished(), control.as_deref_mut())?;
@@ -458,27 +500,31 @@ fn checkpoint_data<B: AutodiffBackend>(
     }
 }
 
-fn report_saves(
-    results: Vec<crate::checkpoint::SaveResult>,
-    mut control: Option<&mut ControlClient>,
-) -> Result<(), TrainError> {
+/// Rank 0's finished saves, logged and reported (schema: swinfc_metrics::record).
+fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient>) -> Result<(), TrainError> {
     for result in results {
-        match result {
-            Ok((dir, state, bytes)) => {
-                info!(step = state.step, dir = %dir.display(), bytes, "checkpoint saved");
-                if let Some(control) = control.as_deref_mut() {
-                    control.report(serde_json::json!({"kind": "checkpoint", "step": state.step, "bytes": bytes, "ok": true}))?;
-                }
+        let record = match result {
+            Ok(saved) => {
+                info!(step = saved.state.step, dir = %saved.dir.display(), bytes = saved.bytes, "checkpoint saved");
+                serde_json::json!({
+                    "kind": "checkpoint", "rank": 0, "ok": true, "step": saved.state.step,
+                    "reason": saved.reason.as_str(), "bytes": saved.bytes,
+                    "blocking_seconds": saved.blocking_seconds, "write_seconds": saved.write_seconds,
+                    "total_seconds": saved.total_seconds,
+                })
             }
             // A failed save keeps the previous checkpoints; training goes on and says so.
-            Err(e) => {
-                warn!(error = %e, "checkpoint failed; the previous one is intact");
-                if let Some(control) = control.as_deref_mut() {
-                    control.report(
-                        serde_json::json!({"kind": "checkpoint", "ok": false, "error": e.to_string()}),
-                    )?;
-                }
+            Err(failed) => {
+                warn!(error = %failed.error, "checkpoint failed; the previous one is intact");
+                serde_json::json!({
+                    "kind": "checkpoint", "rank": 0, "ok": false, "step": failed.step,
+                    "reason": failed.reason.as_str(), "blocking_seconds": failed.blocking_seconds,
+                    "error": failed.error.to_string(),
+                })
             }
+        };
+        if let Some(control) = control.as_deref_mut() {
+            control.report(record)?;
         }
     }
     Ok(())

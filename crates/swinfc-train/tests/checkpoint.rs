@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use swinfc_train::checkpoint::*;
 
@@ -133,11 +134,19 @@ fn retention_keeps_the_last_ones_and_the_best() {
 fn background_writer_reports_each_save() {
     let root = tempfile::tempdir().unwrap();
     let writer = CheckpointWriter::new(root.path().to_path_buf(), 1, false, Box::new(Disk));
-    writer.submit(data(1, None));
-    writer.submit(data(2, None));
+    writer.submit(data(1, None), SaveReason::Periodic, Instant::now());
+    writer.submit(data(2, None), SaveReason::Final, Instant::now());
     let results = writer.flush();
     assert_eq!(results.len(), 2);
-    assert!(results.iter().all(|r| r.is_ok()));
+    let saved: Vec<Saved> = results.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(
+        saved.iter().map(|s| s.reason).collect::<Vec<_>>(),
+        [SaveReason::Periodic, SaveReason::Final]
+    );
+    for s in &saved {
+        assert_eq!(s.bytes, 1500);
+        assert!(s.write_seconds > 0.0 && s.total_seconds >= s.write_seconds + s.blocking_seconds);
+    }
     assert!(!root.path().join("step-00000001").exists(), "retention ran");
     assert_eq!(latest_valid(root.path()).unwrap().1.step, 2);
 }

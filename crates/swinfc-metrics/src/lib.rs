@@ -1,0 +1,43 @@
+//! Metrics of a swinfc run (metrics.md): the metric catalogue, the Prometheus registry and its
+//! `/metrics` HTTP endpoint, `events.jsonl`, and plots drawn from it.
+//!
+//! Owns: metric names, types, labels and buckets ([`catalogue`]), the schema of the records workers
+//! report ([`record`]), turning them into metrics and event lines ([`Telemetry`]), and the SVG
+//! report ([`plot`]). Must not: spawn processes, hold tensors, or know the training loop — the
+//! launcher calls [`Telemetry`] with what it sees, and the worker only sends JSON records.
+
+pub mod catalogue;
+mod http;
+pub mod plot;
+pub mod record;
+mod telemetry;
+
+use std::path::{Path, PathBuf};
+
+pub use catalogue::{CATALOGUE, Kind, MetricSpec};
+pub use telemetry::{EVENTS_FILE, RUN_ID_FILE, RestartReason, RunInfo, RunState, TARGETS_FILE, Telemetry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics.listen {listen}: {source}")]
+    Bind { listen: String, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("Prometheus exporter: {0}")]
+    Exporter(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("{}: line {line}: {message}", path.display())]
+    Events {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+impl MetricsError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MetricsError + '_ {
+        move |source| MetricsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

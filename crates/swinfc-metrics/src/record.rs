@@ -1,0 +1,170 @@
+//! The records a worker sends its launcher (`ControlClient::report`), one JSON object each, told
+//! apart by `kind`. `swinfc-train` builds them with `serde_json::json!`; these types are the
+//! schema, and [`crate::Telemetry::report`] parses them.
+//!
+//! ```json
+//! {"kind": "step", "rank": 0, "step": 12, "samples": 8, "epoch": 0, "epoch_progress_ratio": 0.4,
+//!  "loss": 2.31, "loss_components": {"backbone_ce": 2.0, "stage2_ce": 2.1, "stage3_ce": 2.2,
+//!                                    "stage4_ce": 2.3, "contrastive": 0.05},
+//!  "lr": {"backbone": 0.0004, "new": 0.004}, "grad_norm": 1.7, "nonfinite": 0, "seconds": 0.52,
+//!  "phases": {"data_wait": 0.01, "forward": 0.2, "backward": 0.25, "grad_sync": 0.04,
+//!             "optimizer": 0.01, "other": 0.01},
+//!  "allreduce_seconds": 0.03, "allreduce_bytes": 4000000, "skipped": {"truncated": 1}}
+//! {"kind": "eval", "rank": 0, "split": "test", "result": {"step": 12, "samples": 100,
+//!  "combined": 0.5, "backbone": 0.4, "stage2": 0.1, "stage3": 0.2, "stage4": 0.3}}
+//! {"kind": "checkpoint", "rank": 0, "ok": true, "step": 12, "reason": "periodic",
+//!  "bytes": 1234, "blocking_seconds": 0.2, "write_seconds": 1.1, "total_seconds": 1.3}
+//! {"kind": "checkpoint", "rank": 0, "ok": false, "step": 12, "reason": "periodic",
+//!  "blocking_seconds": 0.2, "error": "..."}
+//! ```
+//! - `step`: the optimizer steps completed after this one. `loss`, `loss_components` and
+//!   `grad_norm` are already means over all ranks (they travel in the gradient all-reduce), `null`
+//!   when not finite; `nonfinite` is 1 when this step was skipped for a non-finite loss or gradient.
+//!   `samples` and everything timed are this rank's. `phases` add up to `seconds`. `skipped` counts
+//!   the training images this rank skipped since its previous step record, by the loader's reason
+//!   (`empty file`, `io error`, `unknown format`, `truncated`, `decode error`).
+//! - `eval`: the same result on every rank (counts are all-reduced); `result` is `EvalResult`.
+//! - `checkpoint`: rank 0 only, when a background save finishes. `reason` is one of periodic,
+//!   preemption, best, final; `blocking_seconds` is how long training waited (copy to host and
+//!   serialisation), `write_seconds` the background write, `total_seconds` from the start of the
+//!   blocking part to the end of the write.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One worker record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Step(StepRecord),
+    Eval(EvalRecord),
+    Checkpoint(CheckpointRecord),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StepRecord {
+    pub step: u64,
+    pub samples: u64,
+    pub epoch: u64,
+    pub epoch_progress_ratio: f64,
+    pub loss: Option<f64>,
+    pub loss_components: LossComponents,
+    pub lr: LearningRates,
+    pub grad_norm: Option<f64>,
+    pub nonfinite: u64,
+    pub seconds: f64,
+    pub phases: Phases,
+    pub allreduce_seconds: f64,
+    pub allreduce_bytes: u64,
+    #[serde(default)]
+    pub skipped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LossComponents {
+    pub backbone_ce: Option<f64>,
+    pub stage2_ce: Option<f64>,
+    pub stage3_ce: Option<f64>,
+    pub stage4_ce: Option<f64>,
+    pub contrastive: Option<f64>,
+}
+
+impl LossComponents {
+    /// (component label, value), in the order of [`crate::catalogue::LOSS_COMPONENTS`].
+    pub fn labelled(&self) -> [(&'static str, Option<f64>); 5] {
+        [
+            ("backbone_ce", self.backbone_ce),
+            ("stage2_ce", self.stage2_ce),
+            ("stage3_ce", self.stage3_ce),
+            ("stage4_ce", self.stage4_ce),
+            ("contrastive", self.contrastive),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LearningRates {
+    pub backbone: f64,
+    pub new: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Phases {
+    pub data_wait: f64,
+    pub forward: f64,
+    pub backward: f64,
+    pub grad_sync: f64,
+    pub optimizer: f64,
+    pub other: f64,
+}
+
+impl Phases {
+    /// (phase label, seconds), in the order of [`crate::catalogue::PHASES`].
+    pub fn labelled(&self) -> [(&'static str, f64); 6] {
+        [
+            ("data_wait", self.data_wait),
+            ("forward", self.forward),
+            ("backward", self.backward),
+            ("grad_sync", self.grad_sync),
+            ("optimizer", self.optimizer),
+            ("other", self.other),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EvalRecord {
+    pub split: String,
+    pub result: EvalResult,
+}
+
+/// Top-1 of each head; the same fields as `swinfc_train::EvalResult`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EvalResult {
+    pub step: u64,
+    pub samples: u64,
+    pub combined: f64,
+    pub backbone: f64,
+    pub stage2: f64,
+    pub stage3: f64,
+    pub stage4: f64,
+}
+
+impl EvalResult {
+    /// (head label, accuracy), in the order of [`crate::catalogue::HEADS`].
+    pub fn labelled(&self) -> [(&'static str, f64); 5] {
+        [
+            ("combined", self.combined),
+            ("backbone", self.backbone),
+            ("stage2", self.stage2),
+            ("stage3", self.stage3),
+            ("stage4", self.stage4),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckpointRecord {
+    pub ok: bool,
+    pub step: u64,
+    pub reason: String,
+    #[serde(default)]
+    pub bytes: u64,
+    pub blocking_seconds: f64,
+    #[serde(default)]
+    pub write_seconds: f64,
+    #[serde(default)]
+    pub total_seconds: f64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The `reason` label of `swinfc_data_samples_skipped_total` for a loader skip reason.
+pub fn skip_reason(loader_reason: &str) -> &'static str {
+    match loader_reason {
+        "empty file" => "empty",
+        "io error" => "missing",
+        _ => "decode",
+    }
+}
