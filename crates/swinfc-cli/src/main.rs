@@ -275,6 +275,9 @@ fn forward_cuda(_: &ForwardArgs) -> Result<()> {
 }
 
 fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let doc: serde_yaml::Value =
