@@ -1,6 +1,8 @@
 //! `swinfc-launch`: starts and supervises the workers of a training job on this node.
 //! Thin: parses arguments (merging a Slurm job's environment) and calls swinfc-launch.
 
+mod logging;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -71,7 +73,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    swinfc_cli_logging();
+    logging::init();
     match run() {
         Ok(code) => code,
         Err(e) => {
@@ -135,14 +137,4 @@ fn worker_binary() -> Result<PathBuf> {
         );
     }
     Ok(worker)
-}
-
-fn swinfc_cli_logging() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
 }

@@ -1,5 +1,7 @@
 //! `swinfc`: the user-facing tool. Thin: parses arguments and calls the swinfc libraries.
 
+mod logging;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -162,13 +164,7 @@ enum BackendArg {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    logging::init();
     match Cli::parse().command {
         Command::Forward(args) => match args.backend {
             BackendArg::Cpu => forward::<Autodiff<Flex>>(&args, &FlexDevice),
