@@ -1,40 +1,201 @@
 #!/usr/bin/env bash
-# GPU check of swinfc-comm's NCCL path. Not run by CI: needs one NVIDIA GPU, its driver, and
-# libnccl (e.g. pip's nvidia-nccl-cu12/13, which ships only libnccl.so.2).
-#   1. builds with --features cuda;
-#   2. world size 1: NCCL all-reduce + broadcast on a Burn CUDA tensor, checked;
-#   3. 2 ranks on the same GPU (NCCL_MULTI_RANK_GPU_ENABLE=1) if this NCCL allows it;
-#   4. prints bus bandwidth (nccl-tests conventions).
-# Usage: tests/gpu/gpu-check.sh [MB]     (default 256)
-set -euo pipefail
+# GPU check of swinfc. Not run by CI: needs one NVIDIA GPU and its driver, libnccl (pip's
+# nvidia-nccl-cu12/13 ships only libnccl.so.2) and NVRTC (the CUDA toolkit's, or pip's
+# nvidia-cuda-nvrtc). Each part runs even when an earlier one failed; the summary at the end
+# lists what passed, and the exit status is 1 if anything failed.
+#   1. NCCL on Burn CUDA tensors (example nccl-check): world size 1, then 2 ranks on one GPU
+#      (NCCL_MULTI_RANK_GPU_ENABLE=1, where this NCCL allows it); correctness and bus bandwidth.
+#   2. `swinfc train` of a tiny synthetic config on the CUDA backend, train.precision fp32 and
+#      bf16: prints the backend used and the losses; passes when the loss goes down. Then two
+#      `swinfc worker`s on the GPU summing their gradients with NCCL.
+#   3. Only if this swinfc has `bench train-step`: our Swin-B@384 micro-batch-8 training step,
+#      fp32 and bf16, and PyTorch's (bench/torch/train_step.py) on the same GPU.
+#
+# Usage, from anywhere:
+#   tests/gpu/gpu-check.sh [MB]
+#       builds swinfc and nccl-check (cargo, release, CUDA feature), then runs the checks;
+#       MB is the all-reduce size of the bandwidth test (default 256).
+#   SWINFC_BIN_DIR=DIR tests/gpu/gpu-check.sh [MB]
+#       no build: runs the prebuilt `swinfc` and `nccl-check` in DIR (built elsewhere with
+#       `cargo build --release --features swinfc-cli/cuda -p swinfc-cli` and
+#       `cargo build --release -p swinfc-comm --features cuda --example nccl-check`), for a GPU
+#       machine without a Rust toolchain. DIR may hold them gzipped (swinfc.gz, nccl-check.gz).
+# Environment: CHECK_STEPS (training steps, default 30), BENCH_STEPS (default 10).
+set -uo pipefail
 cd "$(dirname "$0")/../.."
+root=$(pwd)
 mb=${1:-256}
+steps=${CHECK_STEPS:-30}
+bench_steps=${BENCH_STEPS:-10}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# Plain log lines (no colour codes), so the losses can be read back.
+export NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} RUST_BACKTRACE=${RUST_BACKTRACE:-0}
 
-# cudarc looks for libnccl.so, never libnccl.so.2: give it a link in a run-local directory.
-libdir=$(mktemp -d)
-trap 'rm -rf "$libdir"' EXIT
-nccl=$(ldconfig -p 2>/dev/null | awk '/libnccl\.so\.2 /{print $NF; exit}')
-if [ -z "$nccl" ]; then
-  nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null || true)
-fi
-if [ -n "$nccl" ] && [ -e "$nccl" ]; then
-  ln -s "$nccl" "$libdir/libnccl.so"
-  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "libnccl: $nccl"
+results=()
+pass() { results+=("PASS  $1"); echo "-- PASS: $1"; }
+fail() { results+=("FAIL  $1"); echo "-- FAIL: $1"; }
+summary() {
+  echo "== summary"
+  printf '%s\n' "${results[@]}"
+  for r in "${results[@]}"; do [[ $r == FAIL* ]] && exit 1; done
+  exit 0
+}
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: no GPU visible"
+
+# --- Shared libraries. cudarc dlopens libcuda, libnccl and libnvrtc by name, and never tries
+# libnccl.so.2; pip's wheels are not on the loader's path. Links to them go in a run-local dir.
+libdir="$work/lib"
+mkdir -p "$libdir"
+pylib() { # the first file matching $1 under the installed nvidia.* Python packages
+  python3 - "$1" 2>/dev/null <<'EOF'
+import glob, os, sys
+try:
+    import nvidia
+except ImportError:
+    sys.exit(0)
+for base in nvidia.__path__:
+    hits = sorted(glob.glob(os.path.join(base, "**", sys.argv[1]), recursive=True))
+    if hits:
+        print(hits[0])
+        break
+EOF
+}
+find_lib() { # $1: soname pattern for ldconfig, $2: glob for the toolkit and pip
+  local hit
+  hit=$(ldconfig -p 2>/dev/null | awk -v p="$1" '$1 ~ p {print $NF; exit}')
+  [ -z "$hit" ] && hit=$(ls /usr/local/cuda/lib64/$2 /usr/local/cuda/targets/x86_64-linux/lib/$2 2>/dev/null | head -1)
+  [ -z "$hit" ] && hit=$(pylib "$2")
+  echo "$hit"
+}
+nccl=$(find_lib '^libnccl\\.so\\.2$' 'libnccl.so.2')
+nvrtc=$(find_lib '^libnvrtc\\.so\\.1[0-9]$' 'libnvrtc.so.1[0-9]')
+for pair in "libnccl.so:$nccl" "libnvrtc.so:$nvrtc"; do
+  name=${pair%%:*} path=${pair#*:}
+  if [ -n "$path" ] && [ -e "$path" ]; then
+    ln -sf "$path" "$libdir/$name"
+    # NVRTC loads its builtins library from its own directory.
+    export LD_LIBRARY_PATH="$libdir:$(dirname "$path")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "$name -> $path"
+  else
+    echo "$name: not found (ldconfig, /usr/local/cuda, python nvidia.*); the checks needing it will fail"
+  fi
+done
+
+# --- Binaries.
+if [ -n "${SWINFC_BIN_DIR:-}" ]; then
+  bindir="$work/bin"
+  mkdir -p "$bindir"
+  for b in swinfc nccl-check; do
+    if [ -e "$SWINFC_BIN_DIR/$b.gz" ]; then
+      gzip -dc "$SWINFC_BIN_DIR/$b.gz" >"$bindir/$b"
+    else
+      cp "$SWINFC_BIN_DIR/$b" "$bindir/$b"
+    fi
+    chmod +x "$bindir/$b"
+  done
+  swinfc=$bindir/swinfc nccl_check=$bindir/nccl-check
 else
-  echo "libnccl.so.2 not found (ldconfig, python nvidia.nccl); the check will report it missing"
+  cargo build --release --features swinfc-cli/cuda -p swinfc-cli || { fail "build swinfc"; summary; }
+  cargo build --release -p swinfc-comm --features cuda --example nccl-check || { fail "build nccl-check"; summary; }
+  target=${CARGO_TARGET_DIR:-target}
+  swinfc=$target/release/swinfc nccl_check=$target/release/examples/nccl-check
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
-cargo build --release -p swinfc-comm --features cuda --example nccl-check
-bin=target/release/examples/nccl-check
+echo "== 1. NCCL, world size 1"
+if timeout 120 "$nccl_check" 1 "$mb"; then pass "nccl world 1"; else fail "nccl world 1"; fi
 
-echo "== world size 1"
-"$bin" 1 "$mb"
-
-echo "== 2 ranks on one GPU"
-if NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 300 "$bin" 2 "$mb"; then
-  echo "2-rank check passed"
+echo "== 1. NCCL, 2 ranks on one GPU"
+if NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 120 "$nccl_check" 2 "$mb"; then
+  pass "nccl 2 ranks"
 else
-  echo "2-rank check failed (this NCCL may not allow two ranks on one GPU); see the output above"
+  fail "nccl 2 ranks (this NCCL may refuse two ranks on one GPU; see above)"
 fi
+
+# --- 2. Training on the CUDA backend.
+cat >"$work/tiny.yaml" <<EOF
+run: {name: gpu-check, dir: $work/run, seed: 5}
+model: {preset: tiny, img_size: 32, embed_dim: 32, branch_dim: 64, ea_memory: 8, num_classes: 6, drop_path: 0.0}
+data: {dataset: synthetic, classes: 6, train_per_class: 16, test_per_class: 4, img_size: 36, resize: 36, crop: 32, num_threads: 2}
+train: {global_batch: 16, micro_batch: 8, total_steps: $steps, warmup_steps: 2, lr_backbone: 0.05, lr_new: 0.05, grad_clip: 1.0, weight_decay: 0.0001}
+eval: {every_steps: 0}
+checkpoint: {every_steps: 0, keep_last: 1}
+metrics: {log_every: 1}
+EOF
+
+show_error() { # the first error lines and the end of a failed run's log
+  grep -m6 -E 'Error|ERROR|panicked|WARN' "$1"
+  echo "..."
+  tail -6 "$1"
+}
+
+# Reads a training log: prints the backend line and the losses; passes when the mean of the last
+# three losses is below the mean of the first three.
+check_losses() { # $1 label, $2 log
+  local label=$1 log=$2
+  grep -m1 'backend:' "$log" | sed 's/^.*backend:/backend:/'
+  local losses
+  losses=$(grep ' step ' "$log" | grep -oE ' loss=[^ ]+' | cut -d= -f2 | tr '\n' ' ')
+  echo "$label losses: $losses"
+  if [ -z "$losses" ]; then
+    tail -20 "$log"
+    fail "$label: no loss logged"
+    return
+  fi
+  if echo "$losses" | awk '{ if (NF < 6) exit 1; f = ($1 + $2 + $3) / 3; l = ($(NF-2) + $(NF-1) + $NF) / 3;
+                             printf "first3 %.4f  last3 %.4f\n", f, l; exit !(l < f) }'; then
+    pass "$label: loss goes down"
+  else
+    tail -5 "$log"
+    fail "$label: loss did not go down"
+  fi
+}
+
+for precision in fp32 bf16; do
+  echo "== 2. swinfc train, cuda, $precision"
+  log="$work/train-$precision.log"
+  start=$(date +%s%N)
+  timeout 150 "$swinfc" train "$work/tiny.yaml" --resume none --set train.precision=$precision \
+    --set run.dir="$work/run-$precision" >"$log" 2>&1
+  rc=$?
+  echo "exit $rc after $((($(date +%s%N) - start) / 1000000)) ms"
+  if [ $rc -ne 0 ]; then show_error "$log"; fail "train $precision: exit $rc"; continue; fi
+  check_losses "train $precision" "$log"
+done
+
+echo "== 2. two swinfc workers on one GPU, NCCL gradients, fp32"
+log="$work/workers.log"
+NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 150 "$nccl_check" spawn 2 "$swinfc" worker "$work/tiny.yaml" \
+  --resume none --set run.dir="$work/run-workers" >"$log" 2>&1
+rc=$?
+grep -E 'NCCL communicator ready' "$log" | head -2
+if [ $rc -ne 0 ]; then show_error "$log"; fail "2 workers: exit $rc"; else check_losses "2 workers" "$log"; fi
+
+# --- 3. The training-step benchmark, ours and PyTorch's, where this build has it.
+echo "== 3. Swin-B@384 training step, micro-batch 8"
+if "$swinfc" bench train-step --help >/dev/null 2>&1 && [ -e bench/configs/swin-b-384.yaml ]; then
+  for precision in fp32 bf16; do
+    echo "-- swinfc, $precision"
+    if timeout 240 "$swinfc" bench train-step --backend cuda --precision "$precision" \
+      --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
+      pass "bench swinfc $precision"
+    else
+      fail "bench swinfc $precision"
+    fi
+  done
+  for precision in fp32 bf16; do
+    echo "-- PyTorch, $precision"
+    if timeout 240 python3 bench/torch/train_step.py --device cuda --precision "$precision" \
+      --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
+      pass "bench torch $precision"
+    else
+      fail "bench torch $precision"
+    fi
+  done
+else
+  echo "skipped: this swinfc has no 'bench train-step' (or bench/configs/swin-b-384.yaml is missing)"
+fi
+
+summary
