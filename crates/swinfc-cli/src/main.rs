@@ -108,6 +108,7 @@ enum BackendArg {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -123,6 +124,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Worker(args) => {
+            swinfc_launch::install_worker_signal_policy()?;
             let cfg = TrainConfig::load(&args.config, &args.set)?;
             swinfc_train::run_worker(&cfg, &args.resume)?;
             Ok(())

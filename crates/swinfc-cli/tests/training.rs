@@ -1,6 +1,6 @@
 //! Training with real worker processes on CPU: determinism, 1-worker ≡ N-worker, exact resume,
-//! fallback past a torn checkpoint, and config errors. Multi-worker runs host the control server
-//! in the test process and spawn `swinfc worker` processes, as the launcher does.
+//! fallback past a torn checkpoint, and config errors. Multi-worker runs go through
+//! `swinfc-launch`.
 
 mod common;
 
@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::read_tensors;
-use swinfc_comm::{ControlServer, JobToken};
 
 const CONFIG: &str = "
 run: {name: tiny, dir: RUN_DIR, seed: 5}
@@ -45,40 +44,15 @@ fn train_local(config: &Path, extra: &[&str]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Runs `world` `swinfc worker` processes against a control server hosted here.
+/// Runs `world` `swinfc worker` processes through the launcher.
 fn train_workers(config: &Path, world: usize, extra: &[&str]) {
-    let token = JobToken::generate().unwrap();
-    let server =
-        ControlServer::spawn_in_thread("127.0.0.1:0".parse().unwrap(), token.clone(), world, 0).unwrap();
-    let port = server.local_addr().port().to_string();
-    let workers: Vec<_> = (0..world)
-        .map(|rank| {
-            Command::new(env!("CARGO_BIN_EXE_swinfc"))
-                .arg("worker")
-                .arg(config)
-                .args(extra)
-                .env("SWINFC_RANK", rank.to_string())
-                .env("SWINFC_LOCAL_RANK", rank.to_string())
-                .env("SWINFC_WORLD_SIZE", world.to_string())
-                .env("SWINFC_MASTER_ADDR", "127.0.0.1")
-                .env("SWINFC_MASTER_PORT", &port)
-                .env("SWINFC_JOB_TOKEN", token.to_hex())
-                .env("SWINFC_RESTART_ROUND", "0")
-                .env("RAYON_NUM_THREADS", "1")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (rank, worker) in workers.into_iter().enumerate() {
-        let out = worker.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "rank {rank}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = Command::new(env!("CARGO_BIN_EXE_swinfc-launch"))
+        .args(["--cpu", &world.to_string()])
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn weights(dir: &Path, step: u64) -> std::collections::BTreeMap<String, common::Loaded> {

@@ -1,10 +1,10 @@
-//! The blocking control client a worker uses, and the worker identity it reads from the
-//! environment.
+//! The blocking control client a worker uses, the worker identity it reads from the environment,
+//! and the [`NodeClient`] through which another node's launcher links to node 0's.
 //!
 //! One reader thread owns the receiving half of the socket: replies go to the caller waiting in
-//! a request, commands to a queue that [`ControlClient::poll_command`] drains. So a command
-//! pushed by the launcher is never lost while the worker is busy, and a dead server is noticed
-//! by the next call.
+//! a request, commands to a queue that [`ControlClient::poll_command`] (or
+//! [`NodeClient::recv_timeout`]) drains. So a command pushed by the launcher is never lost while
+//! the worker is busy, and a dead server is noticed by the next call.
 
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -103,9 +103,7 @@ pub struct ControlClient {
     token: JobToken,
     replies: Receiver<ServerMsg>,
     commands: Receiver<ServerCommand>,
-    /// Why the reader stopped, once it has.
-    closed: Arc<Mutex<Option<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    reader: Reader,
     next_id: u64,
 }
 
@@ -114,55 +112,18 @@ impl ControlClient {
     /// joins generation `restart_round` as `rank`.
     pub fn connect(id: &WorkerIdentity, timeout: Duration) -> Result<Self, CommError> {
         let token = JobToken::from_hex(&id.job_token)?;
-        let deadline = Instant::now() + timeout;
-        let server = format!("control server {}:{}", id.master_addr, id.master_port);
-        let mut stream = connect_retrying(&id.master_addr, id.master_port, deadline, &server)?;
-        stream.set_nodelay(true).map_err(|e| CommError::io(&server, e))?;
-        // Writes to a live server never take long; a wedged one must not hang the worker.
-        stream
-            .set_write_timeout(Some(REQUEST_TIMEOUT))
-            .map_err(|e| CommError::io(&server, e))?;
         let hello = ClientMsg::Hello {
             token: token.to_hex(),
             generation: id.restart_round,
             rank: id.rank,
         };
-        write_frame(&mut stream, &hello, &server)?;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| CommError::io(&server, e))?;
-        let welcome = match read_frame::<ServerMsg>(&mut stream, &server) {
-            Ok(m) => m,
-            // The server answers a wrong token by closing, on purpose without a reason.
-            Err(CommError::Closed { .. }) => {
-                return Err(CommError::Refused(
-                    "connection closed during the handshake (wrong job token?)".into(),
-                ));
-            }
-            Err(e) => return Err(e),
-        };
-        let world_size = match welcome {
-            ServerMsg::Welcome { world_size, .. } => world_size,
-            ServerMsg::Error { message, .. } => return Err(CommError::Refused(message)),
-            other => {
-                return Err(CommError::Protocol {
-                    peer: server,
-                    reason: format!("expected welcome, got {other:?}"),
-                });
-            }
-        };
+        let (stream, world_size, server) = join(&id.master_addr, id.master_port, &hello, timeout)?;
         if world_size != id.world_size {
             return Err(CommError::Refused(format!(
                 "server world size {world_size} differs from ours, {}",
                 id.world_size
             )));
         }
-        stream
-            .set_read_timeout(None)
-            .map_err(|e| CommError::io(&server, e))?;
         info!(
             rank = id.rank,
             generation = id.restart_round,
@@ -171,31 +132,13 @@ impl ControlClient {
 
         let (reply_tx, replies) = mpsc::channel();
         let (cmd_tx, commands) = mpsc::channel();
-        let closed = Arc::new(Mutex::new(None));
-        let mut rd = stream.try_clone().map_err(|e| CommError::io(&server, e))?;
-        let closed2 = closed.clone();
-        let reader = std::thread::Builder::new()
-            .name("swinfc-control-rx".into())
-            .spawn(move || {
-                let reason = loop {
-                    match read_frame::<ServerMsg>(&mut rd, &server) {
-                        Ok(ServerMsg::Command(c)) => {
-                            debug!(?c, "command from the launcher");
-                            if cmd_tx.send(c).is_err() {
-                                break "client dropped".to_string();
-                            }
-                        }
-                        Ok(m) => {
-                            if reply_tx.send(m).is_err() {
-                                break "client dropped".to_string();
-                            }
-                        }
-                        Err(e) => break e.to_string(),
-                    }
-                };
-                *closed2.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-            })
-            .map_err(|e| CommError::io("control reader thread", e))?;
+        let reader = Reader::spawn(&stream, server, move |m| match m {
+            ServerMsg::Command(c) => {
+                debug!(?c, "command from the launcher");
+                cmd_tx.send(c).map_err(|_| "client dropped".to_string())
+            }
+            m => reply_tx.send(m).map_err(|_| "client dropped".to_string()),
+        })?;
         Ok(Self {
             stream,
             rank: id.rank,
@@ -204,8 +147,7 @@ impl ControlClient {
             token,
             replies,
             commands,
-            closed,
-            reader: Some(reader),
+            reader,
             next_id: 1,
         })
     }
@@ -232,16 +174,6 @@ impl ControlClient {
             .local_addr()
             .map(|a| a.ip())
             .map_err(|e| CommError::io("control socket", e))
-    }
-
-    fn lost(&self) -> CommError {
-        let why = self.closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        CommError::Closed {
-            peer: format!(
-                "control server ({})",
-                why.unwrap_or_else(|| "reader stopped".into())
-            ),
-        }
     }
 
     fn send(&mut self, msg: &ClientMsg) -> Result<(), CommError> {
@@ -293,7 +225,7 @@ impl ControlClient {
                         timeout: wait,
                     });
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
+                Err(RecvTimeoutError::Disconnected) => return Err(self.reader.lost()),
             }
         }
     }
@@ -377,16 +309,186 @@ impl ControlClient {
         match self.commands.try_recv() {
             Ok(c) => Ok(Some(c)),
             Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(self.lost()),
+            Err(TryRecvError::Disconnected) => Err(self.reader.lost()),
         }
     }
 }
 
-impl Drop for ControlClient {
+/// Another node's launcher's link to node 0's control server. Node 0 commands restart rounds,
+/// drains and stops over it; this node reports what happened to its workers. The JSON of both
+/// directions is the launcher's to define. Unlike a worker's connection, the link outlives restart
+/// rounds.
+pub struct NodeClient {
+    stream: TcpStream,
+    server: String,
+    commands: Receiver<serde_json::Value>,
+    reader: Reader,
+}
+
+impl NodeClient {
+    /// Connects (retrying until `timeout` while node 0 is not up yet), presents the token, joins as
+    /// `node`. Node 0's server refuses node 0 and a node that is already linked, naming the node.
+    pub fn connect(
+        addr: &str,
+        port: u16,
+        token: &JobToken,
+        node: usize,
+        timeout: Duration,
+    ) -> Result<Self, CommError> {
+        let hello = ClientMsg::NodeHello {
+            token: token.to_hex(),
+            node,
+        };
+        let (stream, _, server) = join(addr, port, &hello, timeout)?;
+        info!(node, %server, "linked to node 0's launcher");
+        let (cmd_tx, commands) = mpsc::channel();
+        let reader = Reader::spawn(&stream, server.clone(), move |m| match m {
+            ServerMsg::NodeCommand(c) => cmd_tx.send(c).map_err(|_| "client dropped".to_string()),
+            m => Err(format!("unexpected {m:?} on a node link")),
+        })?;
+        Ok(Self {
+            stream,
+            server,
+            commands,
+            reader,
+        })
+    }
+
+    /// Sends `record` to node 0's launcher (one-way). Fails once the link is known to be gone, so a
+    /// report is not silently lost on a dead link.
+    pub fn send(&mut self, record: serde_json::Value) -> Result<(), CommError> {
+        if self.reader.stopped() {
+            return Err(self.reader.lost());
+        }
+        write_frame(&mut self.stream, &ClientMsg::NodeReport { record }, &self.server)
+    }
+
+    /// The next command from node 0, waiting at most `timeout`; Ok(None) on timeout; Err once the
+    /// connection is gone (with the reason). Commands that arrived before the link ended are
+    /// still returned first.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<serde_json::Value>, CommError> {
+        match self.commands.recv_timeout(timeout) {
+            Ok(c) => Ok(Some(c)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(self.reader.lost()),
+        }
+    }
+}
+
+/// Connects (retrying until `timeout`), sends `hello` and waits for the welcome. Returns the stream
+/// (write timeout set, no read timeout), the server's world size, and the server's name for errors.
+fn join(
+    host: &str,
+    port: u16,
+    hello: &ClientMsg,
+    timeout: Duration,
+) -> Result<(TcpStream, usize, String), CommError> {
+    let deadline = Instant::now() + timeout;
+    let server = format!("control server {host}:{port}");
+    let mut stream = connect_retrying(host, port, deadline, &server)?;
+    stream.set_nodelay(true).map_err(|e| CommError::io(&server, e))?;
+    // Writes to a live server never take long; a wedged one must not hang the caller.
+    stream
+        .set_write_timeout(Some(REQUEST_TIMEOUT))
+        .map_err(|e| CommError::io(&server, e))?;
+    write_frame(&mut stream, hello, &server)?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    stream
+        .set_read_timeout(Some(left))
+        .map_err(|e| CommError::io(&server, e))?;
+    let welcome = match read_frame::<ServerMsg>(&mut stream, &server) {
+        Ok(m) => m,
+        // The server answers a wrong token by closing, on purpose without a reason.
+        Err(CommError::Closed { .. }) => {
+            return Err(CommError::Refused(
+                "connection closed during the handshake (wrong job token?)".into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let world_size = match welcome {
+        ServerMsg::Welcome { world_size, .. } => world_size,
+        ServerMsg::Error { message, .. } => return Err(CommError::Refused(message)),
+        other => {
+            return Err(CommError::Protocol {
+                peer: server,
+                reason: format!("expected welcome, got {other:?}"),
+            });
+        }
+    };
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| CommError::io(&server, e))?;
+    Ok((stream, world_size, server))
+}
+
+/// The thread that owns the receiving half of a control connection. Dropping it shuts the
+/// connection down, which unblocks the thread, and joins it.
+struct Reader {
+    stream: TcpStream,
+    /// Why the thread stopped, once it has.
+    why: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Hands every frame from the server to `route` until reading fails or `route` returns the
+    /// reason to stop.
+    fn spawn(
+        stream: &TcpStream,
+        server: String,
+        mut route: impl FnMut(ServerMsg) -> Result<(), String> + Send + 'static,
+    ) -> Result<Self, CommError> {
+        let mut rd = stream.try_clone().map_err(|e| CommError::io(&server, e))?;
+        let own = stream.try_clone().map_err(|e| CommError::io(&server, e))?;
+        let why = Arc::new(Mutex::new(None));
+        let why2 = why.clone();
+        let thread = std::thread::Builder::new()
+            .name("swinfc-control-rx".into())
+            .spawn(move || {
+                let reason = loop {
+                    match read_frame::<ServerMsg>(&mut rd, &server) {
+                        Ok(m) => {
+                            if let Err(reason) = route(m) {
+                                break reason;
+                            }
+                        }
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                *why2.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            })
+            .map_err(|e| CommError::io("control reader thread", e))?;
+        Ok(Self {
+            stream: own,
+            why,
+            thread: Some(thread),
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.why.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// The error for a connection that is gone, with the reader's reason.
+    fn lost(&self) -> CommError {
+        let why = self.why.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        CommError::Closed {
+            peer: format!(
+                "control server ({})",
+                why.unwrap_or_else(|| "reader stopped".into())
+            ),
+        }
+    }
+}
+
+impl Drop for Reader {
     fn drop(&mut self) {
         // Unblocks the reader thread, which then exits.
         let _ = self.stream.shutdown(Shutdown::Both);
-        if let Some(t) = self.reader.take() {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }

@@ -7,7 +7,8 @@
 //! - The control plane: [`ControlServer`] (async, hosted by the node-0 launcher, or on its own
 //!   thread through [`ServerHandle`]) and the blocking [`ControlClient`] a worker uses for
 //!   rendezvous, a key-value store scoped by restart round ("generation"), named barriers,
-//!   heartbeats, metrics reports and the launcher's commands.
+//!   heartbeats, metrics reports and the launcher's commands. The other nodes' launchers link to
+//!   node 0's through [`NodeClient`]: reports up, commands down, across restart rounds.
 //!
 //! This crate knows nothing about models or training: it moves `f32`s and bytes.
 
@@ -19,7 +20,7 @@ pub mod protocol;
 pub mod ring;
 pub mod server;
 
-pub use client::{ControlClient, WorkerIdentity};
+pub use client::{ControlClient, NodeClient, WorkerIdentity};
 pub use error::CommError;
 pub use protocol::{JobToken, ServerCommand};
 pub use ring::TcpRing;

@@ -1,9 +1,12 @@
 //! Messages of the control protocol and the job token.
 //!
-//! A connection starts with [`ClientMsg::Hello`]. A wrong token is answered by closing the
-//! connection with no reply at all, so a stranger learns nothing (not even that this is a swinfc
-//! server). After a [`ServerMsg::Welcome`], requests carry an id that the reply echoes; heartbeats
-//! and reports are one-way; the server may push [`ServerMsg::Command`] at any time.
+//! A worker's connection starts with [`ClientMsg::Hello`], a node launcher's with
+//! [`ClientMsg::NodeHello`]. A wrong token is answered by closing the connection with no reply at
+//! all, so a stranger learns nothing (not even that this is a swinfc server). After a
+//! [`ServerMsg::Welcome`], a worker's requests carry an id that the reply echoes; heartbeats and
+//! reports are one-way; the server may push [`ServerMsg::Command`] at any time. A node launcher's
+//! link carries only one-way [`ClientMsg::NodeReport`]s and [`ServerMsg::NodeCommand`]s, whose
+//! JSON the launcher defines.
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +114,16 @@ pub enum ClientMsg {
     Report {
         record: serde_json::Value,
     },
+    /// First message of a node launcher's link to node 0 (`node` ≥ 1). `token` is hex. The link
+    /// belongs to no generation: it outlives restart rounds, which are commanded over it.
+    NodeHello {
+        token: String,
+        node: usize,
+    },
+    /// What happened on a node (e.g. a worker's exit code), for node 0's launcher (one-way).
+    NodeReport {
+        record: serde_json::Value,
+    },
 }
 
 /// Server → client.
@@ -137,6 +150,8 @@ pub enum ServerMsg {
         what: String,
     },
     Command(ServerCommand),
+    /// An instruction from node 0's launcher to a node launcher (restart round, drain, stop).
+    NodeCommand(serde_json::Value),
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The control server: rendezvous, generation-scoped key-value store, named barriers, heartbeats,
-//! reports and commands. It runs inside the node-0 launcher on tokio; [`ServerHandle`] runs it on
-//! a private thread for hosts (tests, tools) that have no runtime of their own.
+//! reports and commands for workers, and links to the other nodes' launchers. It runs inside the
+//! node-0 launcher on tokio; [`ServerHandle`] runs it on a private thread for hosts (tests, tools)
+//! that have no runtime of their own.
 //!
 //! State is one `std::sync::Mutex` that is never held across an `.await`; waiters (key waits,
 //! barriers) sleep on one `Notify` that fires on every change and re-check.
@@ -51,9 +52,25 @@ pub enum ServerEvent {
     BadToken {
         peer: SocketAddr,
     },
-    /// A connection that never joined: malformed hello, wrong generation, bad rank, timeout.
+    /// A connection that never joined: malformed hello, wrong generation, bad rank, node 0 or a
+    /// node already linked, timeout.
     Rejected {
         peer: SocketAddr,
+        reason: String,
+    },
+    /// Node `node`'s launcher linked up (see [`ClientMsg::NodeHello`]).
+    NodeJoined {
+        node: usize,
+        peer: SocketAddr,
+    },
+    /// A record a node launcher sent with [`ClientMsg::NodeReport`].
+    NodeReport {
+        node: usize,
+        record: serde_json::Value,
+    },
+    /// A linked node launcher's connection ended; `reason` says how.
+    NodeGone {
+        node: usize,
         reason: String,
     },
 }
@@ -73,6 +90,9 @@ struct State {
     conns: HashMap<usize, Conn>,
     /// Ranks of the current generation whose connection ended: barriers fail fast on them.
     gone: BTreeSet<usize>,
+    /// Node launchers' links by node (≥ 1). A new generation leaves them alone: restart rounds are
+    /// commanded over them.
+    nodes: HashMap<usize, Conn>,
     next_conn_id: u64,
 }
 
@@ -129,6 +149,7 @@ impl ControlServer {
                 barriers: HashMap::new(),
                 conns: HashMap::new(),
                 gone: BTreeSet::new(),
+                nodes: HashMap::new(),
                 next_conn_id: 0,
             }),
             changed: Notify::new(),
@@ -194,8 +215,25 @@ impl ControlServer {
             .count()
     }
 
-    /// Starts restart round `generation`: closes every connection of the old round, forgets its
-    /// keys and barriers, and admits only joins that name the new generation.
+    /// Queues `record` for node `node`'s launcher; false when it is not connected.
+    pub fn send_node(&self, node: usize, record: serde_json::Value) -> bool {
+        self.shared
+            .lock()
+            .nodes
+            .get(&node)
+            .is_some_and(|c| c.tx.send(ServerMsg::NodeCommand(record)).is_ok())
+    }
+
+    /// Nodes whose launcher has a live link, ascending.
+    pub fn connected_nodes(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.shared.lock().nodes.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Starts restart round `generation`: closes every worker connection of the old round, forgets
+    /// its keys and barriers, and admits only joins that name the new generation. Node launchers'
+    /// links stay open.
     pub fn new_generation(&self, generation: u64) {
         let mut st = self.shared.lock();
         info!(
@@ -237,17 +275,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Whom an admitted connection speaks for.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Worker { rank: usize, generation: u64 },
+    Node(usize),
+}
+
 /// A connection that passed admission and is registered in the state.
 struct Admitted {
-    rank: usize,
-    generation: u64,
+    role: Role,
     conn_id: u64,
     tx: mpsc::UnboundedSender<ServerMsg>,
     rx: mpsc::UnboundedReceiver<ServerMsg>,
     close: Arc<Notify>,
 }
 
-/// Admission: token, then generation and rank.
+/// Admission: token, then generation and rank (worker) or node number (node launcher).
 async fn admit(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
@@ -256,12 +300,13 @@ async fn admit(
 ) -> Option<Admitted> {
     let peer_s = peer.to_string();
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame_async::<ClientMsg>(rd, &peer_s)).await;
-    let (token, generation, rank) = match hello {
+    let (token, role) = match hello {
         Ok(Ok(ClientMsg::Hello {
             token,
             generation,
             rank,
-        })) => (token, generation, rank),
+        })) => (token, Role::Worker { rank, generation }),
+        Ok(Ok(ClientMsg::NodeHello { token, node })) => (token, Role::Node(node)),
         Ok(Ok(other)) => {
             reject(shared, peer, format!("expected hello, got {other:?}"));
             return None;
@@ -281,41 +326,12 @@ async fn admit(
         shared.emit(ServerEvent::BadToken { peer });
         return None;
     }
-    // The token is right, so explaining a refusal is safe and saves a confused worker's time.
-    let refusal = {
-        let mut st = shared.lock();
-        if generation != st.generation {
-            Err(format!(
-                "generation {generation} is not the current generation {}",
-                st.generation
-            ))
-        } else if rank >= shared.world_size {
-            Err(format!(
-                "rank {rank} out of range for world size {}",
-                shared.world_size
-            ))
-        } else if st.conns.contains_key(&rank) {
-            Err(format!("rank {rank} has already joined generation {generation}"))
-        } else {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let close = Arc::new(Notify::new());
-            let id = st.next_conn_id;
-            st.next_conn_id += 1;
-            st.conns.insert(
-                rank,
-                Conn {
-                    id,
-                    tx: tx.clone(),
-                    close: close.clone(),
-                },
-            );
-            st.gone.remove(&rank);
-            Ok((id, tx, rx, close))
-        }
-    };
-    match refusal {
+    // The token is right, so explaining a refusal is safe and saves a confused peer's time.
+    let registered = register(&mut shared.lock(), shared.world_size, role);
+    let (admitted, generation) = match registered {
+        Ok(r) => r,
         Err(reason) => {
-            warn!(%peer, rank, "join refused: {reason}");
+            warn!(%peer, ?role, "join refused: {reason}");
             let _ = write_frame_async(
                 wr,
                 &ServerMsg::Error {
@@ -326,39 +342,92 @@ async fn admit(
             )
             .await;
             shared.emit(ServerEvent::Rejected { peer, reason });
-            None
+            return None;
         }
-        Ok((conn_id, tx, rx, close)) => {
-            let welcome = ServerMsg::Welcome {
-                world_size: shared.world_size,
-                generation,
-            };
-            if let Err(e) = write_frame_async(wr, &welcome, &peer_s).await {
-                unregister(
-                    shared,
-                    rank,
-                    generation,
-                    conn_id,
-                    &format!("welcome not delivered: {e}"),
-                );
-                return None;
-            }
+    };
+    let welcome = ServerMsg::Welcome {
+        world_size: shared.world_size,
+        generation,
+    };
+    if let Err(e) = write_frame_async(wr, &welcome, &peer_s).await {
+        unregister(
+            shared,
+            role,
+            admitted.conn_id,
+            &format!("welcome not delivered: {e}"),
+        );
+        return None;
+    }
+    shared.emit(match role {
+        Role::Worker { rank, generation } => {
             info!(%peer, rank, generation, "worker joined");
-            shared.emit(ServerEvent::Joined {
+            ServerEvent::Joined {
                 rank,
                 generation,
                 peer,
-            });
-            Some(Admitted {
-                rank,
-                generation,
-                conn_id,
-                tx,
-                rx,
-                close,
-            })
+            }
+        }
+        Role::Node(node) => {
+            info!(%peer, node, "node launcher linked");
+            ServerEvent::NodeJoined { node, peer }
+        }
+    });
+    Some(admitted)
+}
+
+/// Registers an authenticated connection and returns it with the generation to welcome it to, or
+/// says why it may not join.
+fn register(st: &mut State, world_size: usize, role: Role) -> Result<(Admitted, u64), String> {
+    match role {
+        Role::Worker { rank, generation } => {
+            if generation != st.generation {
+                return Err(format!(
+                    "generation {generation} is not the current generation {}",
+                    st.generation
+                ));
+            }
+            if rank >= world_size {
+                return Err(format!("rank {rank} out of range for world size {world_size}"));
+            }
+            if st.conns.contains_key(&rank) {
+                return Err(format!("rank {rank} has already joined generation {generation}"));
+            }
+        }
+        // Node 0 hosts this server, so a link claiming to be it is a misconfigured launcher.
+        Role::Node(0) => return Err("node 0 hosts the control server and cannot link to it".into()),
+        Role::Node(node) => {
+            // Refused rather than replaced: two launchers for one node would both spawn workers.
+            if st.nodes.contains_key(&node) {
+                return Err(format!("node {node} is already linked"));
+            }
         }
     }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let close = Arc::new(Notify::new());
+    let id = st.next_conn_id;
+    st.next_conn_id += 1;
+    let conn = Conn {
+        id,
+        tx: tx.clone(),
+        close: close.clone(),
+    };
+    match role {
+        Role::Worker { rank, .. } => {
+            st.conns.insert(rank, conn);
+            st.gone.remove(&rank);
+        }
+        Role::Node(node) => {
+            st.nodes.insert(node, conn);
+        }
+    }
+    let admitted = Admitted {
+        role,
+        conn_id: id,
+        tx,
+        rx,
+        close,
+    };
+    Ok((admitted, st.generation))
 }
 
 fn reject(shared: &Shared, peer: SocketAddr, reason: String) {
@@ -366,30 +435,44 @@ fn reject(shared: &Shared, peer: SocketAddr, reason: String) {
     shared.emit(ServerEvent::Rejected { peer, reason });
 }
 
-fn unregister(shared: &Shared, rank: usize, generation: u64, conn_id: u64, reason: &str) {
+fn unregister(shared: &Shared, role: Role, conn_id: u64, reason: &str) {
     let mut st = shared.lock();
     // Only if this connection is still the registered one (a new generation may have replaced it).
-    if st.conns.get(&rank).is_some_and(|c| c.id == conn_id) {
-        st.conns.remove(&rank);
+    let remove_own = |conns: &mut HashMap<usize, Conn>, key: usize| {
+        if conns.get(&key).is_some_and(|c| c.id == conn_id) {
+            conns.remove(&key);
+        }
+    };
+    match role {
+        Role::Worker { rank, generation } => {
+            remove_own(&mut st.conns, rank);
+            if st.generation == generation {
+                st.gone.insert(rank);
+            }
+            drop(st);
+            shared.changed.notify_waiters();
+            shared.emit(ServerEvent::Disconnected {
+                rank,
+                generation,
+                reason: reason.to_string(),
+            });
+        }
+        Role::Node(node) => {
+            remove_own(&mut st.nodes, node);
+            drop(st);
+            shared.emit(ServerEvent::NodeGone {
+                node,
+                reason: reason.to_string(),
+            });
+        }
     }
-    if st.generation == generation {
-        st.gone.insert(rank);
-    }
-    drop(st);
-    shared.changed.notify_waiters();
-    shared.emit(ServerEvent::Disconnected {
-        rank,
-        generation,
-        reason: reason.to_string(),
-    });
 }
 
 async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let Some(Admitted {
-        rank,
-        generation,
+        role,
         conn_id,
         tx: out_tx,
         rx: mut out_rx,
@@ -409,14 +492,24 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     });
     // Waiting requests run beside the reader so a long key wait never delays noticing a disconnect.
     let mut waits = JoinSet::new();
-    let peer_s = format!("rank {rank} ({peer})");
+    let peer_s = match role {
+        Role::Worker { rank, .. } => format!("rank {rank} ({peer})"),
+        Role::Node(node) => format!("node {node} ({peer})"),
+    };
     let reason = loop {
         tokio::select! {
             msg = read_frame_async::<ClientMsg>(&mut rd, &peer_s) => match msg {
-                Ok(m) => if let Err(reason) = handle(m, rank, generation, &shared, &out_tx, &mut waits) { break reason },
+                Ok(m) => {
+                    let handled = match role {
+                        Role::Worker { rank, generation } => handle(m, rank, generation, &shared, &out_tx, &mut waits),
+                        Role::Node(node) => handle_node(m, node, &shared),
+                    };
+                    if let Err(reason) = handled { break reason }
+                }
                 Err(CommError::Closed { .. }) => break "connection closed".to_string(),
                 Err(e) => break e.to_string(),
             },
+            // Only a new generation closes from our side, and it spares node links.
             _ = close.notified() => break "closed by the server (new generation)".to_string(),
             w = &mut writer => break match w {
                 Ok(Err(e)) => e.to_string(),
@@ -426,8 +519,21 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     writer.abort();
-    info!(rank, generation, "worker disconnected: {reason}");
-    unregister(&shared, rank, generation, conn_id, &reason);
+    info!(%peer_s, "disconnected: {reason}");
+    unregister(&shared, role, conn_id, &reason);
+}
+
+/// Handles one message of a node launcher; `Err` closes the link with that reason.
+fn handle_node(msg: ClientMsg, node: usize, shared: &Shared) -> Result<(), String> {
+    match msg {
+        ClientMsg::NodeReport { record } => {
+            shared.emit(ServerEvent::NodeReport { node, record });
+            Ok(())
+        }
+        ClientMsg::Hello { .. } | ClientMsg::NodeHello { .. } => Err("second hello".into()),
+        // Node links are outside the generations that key-value, barriers and heartbeats live in.
+        _ => Err("a worker's message on a node launcher's link".into()),
+    }
 }
 
 /// Handles one request; `Err` closes the connection with that reason.
@@ -446,7 +552,8 @@ fn handle(
         let _ = out.send(m);
     };
     match msg {
-        ClientMsg::Hello { .. } => return Err("second hello".into()),
+        ClientMsg::Hello { .. } | ClientMsg::NodeHello { .. } => return Err("second hello".into()),
+        ClientMsg::NodeReport { .. } => return Err("a node launcher's message on a worker's link".into()),
         ClientMsg::Heartbeat { step, phase } => {
             debug!(rank, step, %phase, "heartbeat");
             shared.emit(ServerEvent::Heartbeat { rank, step, phase });

@@ -22,8 +22,15 @@ const PALETTE: [[u8; 3]; 6] = [
     [230, 60, 220],
     [40, 220, 230],
 ];
-/// Patch centre relative to the body centre, in units of the image side.
-const POSITIONS: [(f32, f32); 4] = [(-0.12, -0.07), (0.12, -0.07), (-0.12, 0.07), (0.12, 0.07)];
+/// Patch centres relative to the body centre, in units of the image side. Training flips images
+/// horizontally, so every placement is its own mirror image: a patch on the vertical axis, or a
+/// symmetric pair. (Left-versus-right placements would be one class after a flip.)
+const POSITIONS: [&[(f32, f32)]; 4] = [
+    &[(0.0, -0.09)],
+    &[(0.0, 0.09)],
+    &[(-0.12, -0.05), (0.12, -0.05)],
+    &[(-0.12, 0.05), (0.12, 0.05)],
+];
 const TEXTURES: usize = 3;
 pub const MAX_CLASSES: usize = PALETTE.len() * POSITIONS.len() * TEXTURES;
 
@@ -87,10 +94,11 @@ pub fn render(key: &SynthKey) -> Vec<u8> {
     let position = (key.class / PALETTE.len()) % POSITIONS.len();
     let texture = key.class / (PALETTE.len() * POSITIONS.len()) % TEXTURES;
     let patch_c = PALETTE[colour].map(|v| (v as f32 + uniform(-20.0, 20.0)).clamp(0.0, 255.0));
-    let (px, py) = (
-        cx + sf * POSITIONS[position].0 + uniform(-0.02, 0.02) * sf,
-        cy + sf * POSITIONS[position].1 + uniform(-0.02, 0.02) * sf,
-    );
+    let (jx, jy) = (uniform(-0.02, 0.02) * sf, uniform(-0.02, 0.02) * sf);
+    let patches: Vec<(f32, f32)> = POSITIONS[position]
+        .iter()
+        .map(|&(dx, dy)| (cx + sf * dx + jx, cy + sf * dy + jy))
+        .collect();
     let pr = (sf / 12.0).max(2.0);
     let period = (s / 32).max(1);
     let noise_seed = rng.next_u64();
@@ -108,7 +116,10 @@ pub fn render(key: &SynthKey) -> Vec<u8> {
             if ex * ex + ey * ey <= 1.0 {
                 c = body_c;
             }
-            if (fx - px).abs() <= pr && (fy - py).abs() <= pr {
+            if let Some(&(px, py)) = patches
+                .iter()
+                .find(|(px, py)| (fx - px).abs() <= pr && (fy - py).abs() <= pr)
+            {
                 let (qx, qy) = (
                     ((fx - px + pr) as usize) / period,
                     ((fy - py + pr) as usize) / period,
@@ -131,4 +142,23 @@ pub fn render(key: &SynthKey) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::POSITIONS;
+
+    /// A horizontal flip (x → −x) maps every placement onto itself, so no two classes merge
+    /// under the training augmentation.
+    #[test]
+    fn placements_are_their_own_mirror_images() {
+        for (k, placement) in POSITIONS.iter().enumerate() {
+            for &(x, y) in *placement {
+                assert!(
+                    placement.contains(&(-x, y)),
+                    "placement {k} is not mirror-symmetric"
+                );
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! Gradient synchronisation: sum the flat gradient (and the loss values) over ranks, average
-//! over the global batch's micro-batches and clip by the global norm.
+//! Gradient synchronisation: sum the flat gradient (and a few values riding along: the losses,
+//! the stop votes) over ranks, average over the global batch's micro-batches and clip by the
+//! global norm.
 //!
 //! CPU workers go through host memory and the [`Collective`] (the TCP ring). GPU workers keep the
 //! buffer on the device and sum it in place with NCCL, so a step never copies the gradients to
@@ -49,20 +50,20 @@ pub enum GradSync<B: Backend> {
 pub struct Synced<B: Backend> {
     /// Averaged over the global batch's micro-batches, then clipped: [len], f32.
     pub grad: Tensor<B, 1>,
-    /// The loss values averaged the same way.
-    pub losses: Vec<f32>,
+    /// The values that rode along, averaged the same way.
+    pub extra: Vec<f32>,
     /// Global L2 norm before clipping (non-finite when a rank had a non-finite gradient).
     pub norm: f64,
 }
 
 impl<B: Backend> GradSync<B> {
-    /// Sums `flat` (this rank's f32 gradient, summed over its micro-batches) and `losses` over
+    /// Sums `flat` (this rank's f32 gradient, summed over its micro-batches) and `extra` over
     /// ranks, divides both by `micro_batches` (all ranks' micro-batches of the step) and clips
     /// the gradient to `max_norm` (0: no clipping). Every rank gets the same result.
     pub fn average(
         &mut self,
         flat: Tensor<B, 1>,
-        losses: &[f32],
+        extra: &[f32],
         micro_batches: usize,
         max_norm: f64,
         comm: &mut dyn Collective,
@@ -72,12 +73,12 @@ impl<B: Backend> GradSync<B> {
         let scale = 1.0 / micro_batches as f32;
         match self {
             GradSync::Host => {
-                // Losses ride at the end of the gradient buffer, so one all-reduce serves both.
+                // `extra` rides at the end of the gradient buffer, so one all-reduce serves both.
                 let mut buffer = flat.into_data().to_vec::<f32>().expect("gradients are f32");
-                buffer.extend_from_slice(losses);
+                buffer.extend_from_slice(extra);
                 comm.all_reduce_sum_f32(&mut buffer)?;
                 buffer.iter_mut().for_each(|v| *v *= scale);
-                let losses = buffer.split_off(len);
+                let extra = buffer.split_off(len);
                 let norm = buffer.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
                 let factor = clip_factor(norm, max_norm) as f32;
                 if factor != 1.0 {
@@ -85,20 +86,20 @@ impl<B: Backend> GradSync<B> {
                 }
                 Ok(Synced {
                     grad: flat_tensor(buffer, &device),
-                    losses,
+                    extra,
                     norm,
                 })
             }
             GradSync::Device(all_reduce) => {
-                let losses = Tensor::from_data(
-                    TensorData::new(losses.to_vec(), [losses.len()]),
+                let extra = Tensor::from_data(
+                    TensorData::new(extra.to_vec(), [extra.len()]),
                     (&device, DType::F32),
                 );
                 // `cat` gives the fresh dense buffer NCCL reduces in place (burn.md §10).
-                let buffer = Tensor::cat(vec![flat, losses], 0);
+                let buffer = Tensor::cat(vec![flat, extra], 0);
                 all_reduce.all_reduce_sum_in_place(&buffer)?;
                 let buffer = buffer.mul_scalar(scale);
-                let losses = buffer
+                let extra = buffer
                     .clone()
                     .narrow(0, len, buffer.dims()[0] - len)
                     .into_data()
@@ -118,7 +119,7 @@ impl<B: Backend> GradSync<B> {
                 } else {
                     grad
                 };
-                Ok(Synced { grad, losses, norm })
+                Ok(Synced { grad, extra, norm })
             }
         }
     }

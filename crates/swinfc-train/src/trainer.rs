@@ -91,6 +91,10 @@ pub struct RunSummary {
 
 /// The six loss values carried at the end of the gradient buffer, so one all-reduce serves both.
 const LOSS_SLOTS: usize = 6;
+/// One more slot after the losses: how many ranks hold the launcher's stop request. Voting in the
+/// step's own all-reduce makes every rank stop after the same step, however late each one read
+/// the request.
+const STOP_SLOT: usize = 1;
 
 /// Trains on this worker. Every rank calls it with the same config and its own collective;
 /// `control` (absent for a single local process) carries heartbeats, reports and commands;
@@ -190,15 +194,20 @@ pub fn train<B: AutodiffBackend>(
         }
         let t_sync = Instant::now();
 
-        // All-reduce gradients and losses, average over the global batch's micro-batches, clip.
+        // All-reduce gradients, losses and stop votes together, average over the global batch's
+        // micro-batches, clip.
+        let mut extra = losses.to_vec();
+        extra.push(f32::from(stop_after.is_some_and(|k| step + 1 >= k)));
         let synced = grad_sync.average(
             flat.expect("accum ≥ 1"),
-            &losses,
+            &extra,
             world * accum,
             cfg.train.grad_clip,
             comm,
         )?;
-        let (norm, mean_losses) = (synced.norm, synced.losses);
+        let (norm, mut mean_losses) = (synced.norm, synced.extra);
+        // Averaged like the losses: any rank's vote leaves it above 0.
+        let stopping = mean_losses.pop().is_some_and(|votes| votes > 0.0);
         let t_opt = Instant::now();
 
         // Step; a non-finite norm or loss skips the step on every rank.
@@ -239,7 +248,7 @@ pub fn train<B: AutodiffBackend>(
                 "seconds": (t_end - t_step).as_secs_f64(),
                 "phases": { "data_wait": data_wait, "compute": (t_sync - t_step).as_secs_f64() - data_wait,
                     "grad_sync": (t_opt - t_sync).as_secs_f64(), "optimizer": (t_end - t_opt).as_secs_f64() },
-                "allreduce_bytes": (flat_len + LOSS_SLOTS) * 4,
+                "allreduce_bytes": (flat_len + LOSS_SLOTS + STOP_SLOT) * 4,
                 "skipped": loader.skip_counts(),
             });
             control.report(record)?;
@@ -256,10 +265,12 @@ pub fn train<B: AutodiffBackend>(
         }
 
         // Evaluation and checkpoints.
-        let stopping = stop_after.is_some_and(|k| step >= k);
         let eval_due = step == total || (cfg.eval.every_steps > 0 && step % cfg.eval.every_steps == 0);
         let mut accuracy = None;
         if eval_due && !stopping {
+            if let Some(control) = control.as_deref_mut() {
+                control.heartbeat(step, "eval")?;
+            }
             let copy = compute_copy(&model, cfg.train.precision);
             let compute = copy.as_ref().unwrap_or(&model);
             let result = evaluate(compute, &dataset, &data_cfg, cfg, step, comm, device)?;
@@ -306,6 +317,9 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     drop(loader);
+    if let Some(control) = control.as_deref_mut() {
+        control.heartbeat(step, "finishing")?;
+    }
     if let Some(writer) = writer {
         report_saves(writer.flush(), control)?;
     }

@@ -1,0 +1,59 @@
+//! `swinfc-launch`: the launcher, one per node.
+//!
+//! Owns: turning a config and a device request into a world of worker processes, supervising
+//! them (exit codes, heartbeats with phase-aware timeouts), restart rounds from the latest valid
+//! checkpoint, preemption signals (drain, save, exit 143, Slurm requeue), multi-node coordination
+//! (node 0 hosts the control server; the other nodes' launchers follow it over a token-checked
+//! link), the console (progress bar, rank-prefixed log lines) and per-rank log files.
+//!
+//! Must not: hold tensors or run training code. Workers are separate `swinfc worker` processes;
+//! the launcher only reads the config, checkpoint manifests and the workers' reports.
+
+mod console;
+mod error;
+mod follower;
+mod nodes;
+mod options;
+mod plan;
+mod signals;
+mod supervisor;
+mod workers;
+
+pub use error::LaunchError;
+pub use options::seconds;
+pub use options::{Devices, LaunchOptions, slurm_defaults};
+pub use plan::Plan;
+pub use signals::install_worker_policy as install_worker_signal_policy;
+
+use tracing::info;
+
+/// How a launch ended; the binary maps it to an exit code (operations.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every worker finished its steps: exit 0.
+    Finished,
+    /// Drained after a signal (checkpoint at the drain step): exit `--preempt-exit-code`.
+    Preempted,
+    /// `--dry-run`: printed the plan.
+    DryRun,
+}
+
+/// Runs a launch to its end. Errors are permanent failures (exit 1).
+pub fn launch(opts: LaunchOptions) -> Result<Outcome, LaunchError> {
+    let plan = Plan::resolve(&opts)?;
+    if opts.dry_run {
+        print!("{}", plan.describe(&opts.resume)?);
+        return Ok(Outcome::DryRun);
+    }
+    info!(
+        run_id = %plan.run_id,
+        world = plan.world_size(),
+        node = plan.node_rank,
+        "launching"
+    );
+    if plan.node_rank == 0 {
+        supervisor::run(&plan, &opts)
+    } else {
+        follower::run(&plan, &opts)
+    }
+}

@@ -1,0 +1,189 @@
+//! The resolved launch: config, world, run directory, run id and what would be resumed. This is
+//! what `--dry-run` prints and what every restart round is built from.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use swinfc_train::TrainConfig;
+use swinfc_train::checkpoint::{latest_valid, verify};
+
+use crate::{Devices, LaunchError, LaunchOptions};
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub cfg: TrainConfig,
+    pub devices: Devices,
+    pub nnodes: usize,
+    pub node_rank: usize,
+    pub grad_accum: usize,
+    pub run_id: String,
+    /// The config file's stem: the `experiment` label of every metric.
+    pub experiment: String,
+    /// Threads each CPU worker may use, so workers don't fight over cores.
+    pub threads_per_worker: usize,
+}
+
+impl Plan {
+    pub fn resolve(opts: &LaunchOptions) -> Result<Plan, LaunchError> {
+        if opts.nnodes == 0 || opts.node_rank >= opts.nnodes {
+            return Err(LaunchError::Usage(format!(
+                "--node-rank {} is outside --nnodes {}",
+                opts.node_rank, opts.nnodes
+            )));
+        }
+        if opts.devices.count() == 0 {
+            return Err(LaunchError::Usage(
+                "--cpu 0: at least one worker is needed".into(),
+            ));
+        }
+        if opts.nnodes > 1 && opts.master_port == 0 {
+            return Err(LaunchError::Usage(
+                "a multi-node launch needs --master-port (every node must know it)".into(),
+            ));
+        }
+        check_gpus(&opts.devices)?;
+        let cfg = TrainConfig::load(&opts.config, &opts.overrides)?;
+        let world = opts.nnodes * opts.devices.count();
+        let grad_accum = cfg.grad_accum(world)?;
+        let experiment = opts
+            .config
+            .file_stem()
+            .map_or_else(|| "run".to_string(), |s| s.to_string_lossy().into_owned());
+        let run_id = match &opts.run_id {
+            Some(id) => id.clone(),
+            None => persisted_run_id(&cfg.run.dir).unwrap_or_else(|| new_run_id(&experiment)),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Plan {
+            threads_per_worker: (cores / opts.devices.count()).max(1),
+            cfg,
+            devices: opts.devices.clone(),
+            nnodes: opts.nnodes,
+            node_rank: opts.node_rank,
+            grad_accum,
+            run_id,
+            experiment,
+        })
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.nnodes * self.local_workers()
+    }
+
+    pub fn local_workers(&self) -> usize {
+        self.devices.count()
+    }
+
+    /// Global ranks of this node's workers.
+    pub fn local_ranks(&self) -> std::ops::Range<usize> {
+        let n = self.local_workers();
+        self.node_rank * n..(self.node_rank + 1) * n
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.cfg.run.dir
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.cfg.run.dir.join("checkpoints")
+    }
+
+    /// Writes the run id beside the run's checkpoints, so restarts and requeues keep it.
+    pub fn persist_run_id(&self) -> Result<(), LaunchError> {
+        let dir = self.run_dir();
+        std::fs::create_dir_all(dir).map_err(LaunchError::io(dir))?;
+        let path = dir.join("run_id");
+        std::fs::write(&path, format!("{}\n", self.run_id)).map_err(LaunchError::io(path))
+    }
+
+    /// What `--resume` selects right now, as the step it starts from and a description.
+    pub fn resume_point(&self, resume: &str) -> Result<(u64, String), LaunchError> {
+        Ok(match resume {
+            "none" => (0, "fresh start (--resume none)".into()),
+            "auto" => match latest_valid(&self.checkpoints()) {
+                Some((dir, state)) => (state.step, format!("step {} from {}", state.step, dir.display())),
+                None => (0, "fresh start (no valid checkpoint in the run directory)".into()),
+            },
+            path => {
+                let state = verify(Path::new(path))
+                    .map_err(|e| LaunchError::Usage(format!("--resume {path}: {e}")))?;
+                (state.step, format!("step {} from {path}", state.step))
+            }
+        })
+    }
+
+    /// The `--dry-run` report.
+    pub fn describe(&self, resume: &str) -> Result<String, LaunchError> {
+        let mut s = String::new();
+        let (_, from) = self.resume_point(resume)?;
+        let t = &self.cfg.train;
+        let devices = match &self.devices {
+            Devices::Gpus(ids) => format!("GPUs {ids:?}"),
+            Devices::Cpu(n) => format!("{n} CPU workers, {} threads each", self.threads_per_worker),
+        };
+        let _ = writeln!(s, "# resolved config\n{}", self.cfg.resolved_yaml());
+        let _ = writeln!(
+            s,
+            "world:      {} node(s) × {} worker(s) = {} (this node: {}, {devices})",
+            self.nnodes,
+            self.local_workers(),
+            self.world_size(),
+            self.node_rank
+        );
+        let _ = writeln!(
+            s,
+            "batch:      global {} = {} workers × grad_accum {} × micro-batch {}",
+            t.global_batch,
+            self.world_size(),
+            self.grad_accum,
+            t.micro_batch
+        );
+        let _ = writeln!(s, "steps:      {}", t.total_steps);
+        let _ = writeln!(s, "run dir:    {}", self.run_dir().display());
+        let _ = writeln!(s, "run id:     {}", self.run_id);
+        let _ = writeln!(s, "resume:     {from}");
+        Ok(s)
+    }
+}
+
+fn check_gpus(devices: &Devices) -> Result<(), LaunchError> {
+    let Devices::Gpus(ids) = devices else {
+        return Ok(());
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(LaunchError::Usage(format!(
+            "--gpus: this swinfc-launch was built without CUDA (cargo build --release --features \
+             swinfc-cli/cuda); to train on the CPU use --cpu {}",
+            ids.len()
+        )));
+    }
+    let visible = swinfc_model::backend::cuda_device_count();
+    if visible == 0 {
+        return Err(LaunchError::Usage(format!(
+            "--gpus: no GPU is visible (no driver, or CUDA_VISIBLE_DEVICES hides them); to train on the \
+             CPU use --cpu {}",
+            ids.len()
+        )));
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i >= visible) {
+        return Err(LaunchError::Usage(format!(
+            "--gpus: device {bad} does not exist ({visible} visible)"
+        )));
+    }
+    Ok(())
+}
+
+fn persisted_run_id(dir: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(dir.join("run_id")).ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// `experiment-YYYYMMDD-HHMMSS`-like but without a clock library: seconds since the epoch and
+/// the pid keep two launches of the same config apart.
+fn new_run_id(experiment: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{experiment}-{secs}-{}", std::process::id())
+}

@@ -1,0 +1,472 @@
+//! Node 0's launcher: hosts the control server, runs restart rounds and drives the state machine
+//! of operations.md: STARTING → RUNNING → (DRAINING →) EXITING, or RESTARTING from the latest
+//! valid checkpoint after a worker crash or hang.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use swinfc_comm::{ControlServer, JobToken, ServerCommand, ServerEvent, ServerHandle};
+use swinfc_train::checkpoint::verify;
+use tracing::{error, info, warn};
+
+use crate::console::Console;
+use crate::nodes::Nodes;
+use crate::signals::{self, Signal};
+use crate::workers::{Group, Round, describe, next_attempt};
+use crate::{LaunchError, LaunchOptions, Outcome, Plan};
+
+/// How often exits, signals and deadlines are checked: a crash is noticed within this.
+const POLL: Duration = Duration::from_millis(50);
+/// After a second signal, the drain gets at most this much longer.
+const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(5);
+/// Signals this close to the first one are copies of it (Slurm signals every task of a job).
+const SAME_EVENT: Duration = Duration::from_secs(2);
+
+/// Why a round ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Crash,
+    Hang,
+}
+
+#[derive(Debug)]
+struct Failure {
+    rank: usize,
+    kind: FailureKind,
+    cause: String,
+}
+
+enum End {
+    Finished,
+    Drained,
+    Failed(Failure),
+}
+
+/// What a worker last told the launcher in this round.
+#[derive(Clone)]
+struct RankState {
+    last_beat: Instant,
+    /// `setup` until the first heartbeat, then what the worker says (`train`, `eval`, `finishing`).
+    phase: String,
+    step: u64,
+    done: bool,
+}
+
+struct Drain {
+    signal: Signal,
+    stop_after: u64,
+    started: Instant,
+    deadline: Instant,
+    signals: u32,
+}
+
+struct Supervisor<'a> {
+    plan: &'a Plan,
+    opts: &'a LaunchOptions,
+    server: ServerHandle,
+    signals: Receiver<Signal>,
+    console: Arc<Console>,
+    nodes: Nodes,
+    drain: Option<Drain>,
+    /// Highest step any rank reported completing, over the whole job.
+    max_step: u64,
+    /// The newest checkpoint rank 0 reported committed in this job.
+    committed: Option<u64>,
+}
+
+pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
+    plan.persist_run_id()?;
+    let token = crate::nodes::leader_token(plan)?;
+    let host = if plan.nnodes > 1 { "0.0.0.0" } else { "127.0.0.1" };
+    let addr: SocketAddr = format!("{host}:{}", opts.master_port)
+        .parse()
+        .map_err(|_| LaunchError::Usage(format!("--master-port {}", opts.master_port)))?;
+    let server = ControlServer::spawn_in_thread(addr, token.clone(), plan.world_size(), 0).map_err(|e| {
+        LaunchError::Failed(format!(
+            "control server: cannot listen on {addr}: {e} (is another job using this port? choose --master-port)"
+        ))
+    })?;
+    let port = server.local_addr().port();
+    info!(%addr, port, "control server up");
+    let console = Arc::new(Console::new(
+        plan.cfg.train.total_steps,
+        plan.cfg.train.global_batch,
+    ));
+    let mut sup = Supervisor {
+        plan,
+        opts,
+        server,
+        signals: signals::listen()?,
+        console,
+        nodes: Nodes::new(plan.nnodes),
+        drain: None,
+        max_step: 0,
+        committed: None,
+    };
+    let result = sup.run_rounds(&token, port);
+    sup.console.finish();
+    crate::nodes::forget_token(plan);
+    let (outcome, reason) = match &result {
+        Ok(Outcome::Preempted) => ("preempted", "drained after a signal".to_string()),
+        Ok(_) => ("finished", "all steps done".to_string()),
+        Err(e) => ("failed", e.to_string()),
+    };
+    sup.nodes.exit(&sup.server, outcome, &reason);
+    result
+}
+
+impl Supervisor<'_> {
+    fn run_rounds(&mut self, token: &JobToken, port: u16) -> Result<Outcome, LaunchError> {
+        self.nodes.wait_joined(&self.server, self.opts.setup_timeout)?;
+        let master_addr = if self.plan.nnodes > 1 {
+            self.opts.master_addr.clone()
+        } else {
+            "127.0.0.1".into()
+        };
+        let token_hex = token.to_hex();
+        let mut resume = self.opts.resume.clone();
+        let mut generation = 0;
+        let mut restarts = 0;
+        loop {
+            let (start_step, from) = self.plan.resume_point(&resume)?;
+            let round = Round {
+                generation,
+                attempt: next_attempt(self.plan.run_dir()),
+                resume: &resume,
+                master_addr: &master_addr,
+                master_port: port,
+                token_hex: &token_hex,
+            };
+            info!(generation, attempt = round.attempt, resume = %from, "starting workers");
+            self.console.restart_at(start_step);
+            self.nodes.start(&self.server, &round);
+            let group = Group::spawn(self.plan, self.opts, &round, &self.console)?;
+            match self.watch(group, start_step) {
+                End::Finished => return Ok(Outcome::Finished),
+                End::Drained => {
+                    self.requeue();
+                    return Ok(Outcome::Preempted);
+                }
+                End::Failed(failure) => {
+                    error!(rank = failure.rank, kind = ?failure.kind, cause = %failure.cause, "worker failed");
+                    if self.drain.is_some() {
+                        warn!("a worker failed while draining: the previous checkpoint stands");
+                        return Ok(Outcome::Preempted);
+                    }
+                    restarts += 1;
+                    if restarts > self.opts.max_restarts {
+                        return Err(LaunchError::Failed(format!(
+                            "rank {} {}; giving up after {} restart(s) (--max-restarts {})",
+                            failure.rank,
+                            failure.cause,
+                            restarts - 1,
+                            self.opts.max_restarts
+                        )));
+                    }
+                    generation += 1;
+                    self.server.new_generation(generation);
+                    resume = self.restart_point();
+                    let (from_step, _) = self.plan.resume_point(&resume)?;
+                    info!(
+                        restart = restarts,
+                        generation,
+                        from_step,
+                        replayed_steps = self.max_step.saturating_sub(from_step),
+                        "restarting the round from the latest valid checkpoint"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Watches one round until it finishes, drains, or a worker fails (then it is stopped).
+    fn watch(&mut self, mut group: Group, start_step: u64) -> End {
+        let spawned = Instant::now();
+        let mut ranks = vec![
+            RankState {
+                last_beat: spawned,
+                phase: "setup".into(),
+                step: start_step,
+                done: false,
+            };
+            self.plan.world_size()
+        ];
+        let mut step_seconds = Vec::new();
+        loop {
+            for (rank, status) in group.poll_exits() {
+                if status.success() {
+                    ranks[rank].done = true;
+                } else {
+                    return self.fail(
+                        group,
+                        Failure {
+                            rank,
+                            kind: FailureKind::Crash,
+                            cause: describe(status),
+                        },
+                    );
+                }
+            }
+            if ranks.iter().all(|r| r.done) {
+                group.reap();
+                let preempted = self.drain.is_some() && self.max_step < self.plan.cfg.train.total_steps;
+                return if preempted { End::Drained } else { End::Finished };
+            }
+            match self.server.events().recv_timeout(POLL) {
+                Ok(event) => {
+                    if let Err(failure) = self.on_event(event, &mut ranks, &mut step_seconds) {
+                        return self.fail(group, failure);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let failure = Failure {
+                        rank: 0,
+                        kind: FailureKind::Crash,
+                        cause: "control server stopped".into(),
+                    };
+                    return self.fail(group, failure);
+                }
+            }
+            while let Ok(signal) = self.signals.try_recv() {
+                self.on_signal(signal);
+            }
+            if let Some(drain) = &self.drain
+                && Instant::now() > drain.deadline
+            {
+                warn!(
+                    stop_after = drain.stop_after,
+                    "the drain did not finish in time: stopping the workers; the previous checkpoint stands"
+                );
+                self.nodes.stop(&self.server, self.opts.grace_period);
+                group.stop(Duration::ZERO);
+                return End::Drained;
+            }
+            if let Some(failure) = self.hang(&group, &ranks, &step_seconds) {
+                return self.fail(group, failure);
+            }
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        event: ServerEvent,
+        ranks: &mut [RankState],
+        step_seconds: &mut Vec<f64>,
+    ) -> Result<(), Failure> {
+        match event {
+            ServerEvent::Joined { rank, .. } => {
+                if let Some(drain) = &self.drain {
+                    self.server
+                        .send_command(rank, ServerCommand::StopAfterStep(drain.stop_after));
+                }
+            }
+            ServerEvent::Heartbeat { rank, step, phase } => {
+                if let Some(r) = ranks.get_mut(rank) {
+                    r.last_beat = Instant::now();
+                    r.phase = phase;
+                    r.step = step;
+                }
+            }
+            ServerEvent::Report { rank, record } => {
+                if let Some(r) = ranks.get_mut(rank) {
+                    r.last_beat = Instant::now();
+                }
+                match record.get("kind").and_then(|k| k.as_str()) {
+                    Some("step") => {
+                        let step = record.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
+                        self.max_step = self.max_step.max(step);
+                        if rank == 0 {
+                            if let Some(s) = record.get("seconds").and_then(|s| s.as_f64()) {
+                                step_seconds.push(s);
+                            }
+                            self.console.step(&record);
+                        }
+                    }
+                    Some("checkpoint") if record.get("ok").and_then(|o| o.as_bool()) == Some(true) => {
+                        self.committed = record.get("step").and_then(|s| s.as_u64()).or(self.committed);
+                    }
+                    _ => {}
+                }
+            }
+            ServerEvent::Disconnected { .. } => {}
+            ServerEvent::BadToken { peer } => warn!(%peer, "a connection with a wrong job token was refused"),
+            ServerEvent::Rejected { peer, reason } => warn!(%peer, %reason, "a connection was refused"),
+            ServerEvent::NodeReport { node, record } => match record.get("kind").and_then(|k| k.as_str()) {
+                Some("exit") => {
+                    let rank = record.get("rank").and_then(|r| r.as_u64()).unwrap_or(0) as usize;
+                    if record.get("ok").and_then(|o| o.as_bool()) == Some(true) {
+                        if let Some(r) = ranks.get_mut(rank) {
+                            r.done = true;
+                        }
+                    } else {
+                        let cause = record.get("cause").and_then(|c| c.as_str()).unwrap_or("failed");
+                        return Err(Failure {
+                            rank,
+                            kind: FailureKind::Crash,
+                            cause: format!("(node {node}) {cause}"),
+                        });
+                    }
+                }
+                Some("signal") => {
+                    let usr1 = record.get("name").and_then(|n| n.as_str()) == Some(Signal::Usr1.name());
+                    self.on_signal(if usr1 { Signal::Usr1 } else { Signal::WorkerAsked });
+                }
+                _ => {}
+            },
+            ServerEvent::NodeJoined { node, .. } => {
+                warn!(node, "a node joined mid-round; it waits for the next round")
+            }
+            ServerEvent::NodeGone { node, reason } => {
+                let rank = node * self.plan.local_workers();
+                return Err(Failure {
+                    rank,
+                    kind: FailureKind::Crash,
+                    cause: format!("node {node}'s launcher is gone: {reason}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// First signal: every rank stops after a common step and rank 0 saves. A second one
+    /// shortens the deadline; a third stops at once. Never a second checkpoint.
+    fn on_signal(&mut self, signal: Signal) {
+        let now = Instant::now();
+        match &mut self.drain {
+            None => {
+                let stop_after = self.max_step + 1;
+                info!(
+                    signal = signal.name(),
+                    stop_after, "draining: stop after a common step, save, exit"
+                );
+                self.server
+                    .broadcast_command(ServerCommand::StopAfterStep(stop_after));
+                self.drain = Some(Drain {
+                    signal,
+                    stop_after,
+                    started: now,
+                    deadline: now + self.opts.grace_period,
+                    signals: 1,
+                });
+            }
+            // The scheduler signals every process (and node) of the job at once: one event, not two.
+            Some(drain) if signal == Signal::WorkerAsked || now - drain.started < SAME_EVENT => {
+                if signal == Signal::Usr1 {
+                    drain.signal = Signal::Usr1;
+                }
+            }
+            Some(drain) => {
+                drain.signals += 1;
+                let limit = if drain.signals == 2 {
+                    now + SECOND_SIGNAL_GRACE
+                } else {
+                    now
+                };
+                drain.deadline = drain.deadline.min(limit);
+                warn!(
+                    signal = signal.name(),
+                    count = drain.signals,
+                    "signal while draining: deadline shortened"
+                );
+            }
+        }
+    }
+
+    /// A rank silent for longer than its phase allows; a suspended process is named first.
+    fn hang(&self, group: &Group, ranks: &[RankState], step_seconds: &[f64]) -> Option<Failure> {
+        let now = Instant::now();
+        let step_timeout = step_timeout(step_seconds, self.opts.step_timeout);
+        let silent: Vec<(usize, &RankState, Duration)> = ranks
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.done)
+            .filter_map(|(rank, r)| {
+                // The first step of a round compiles and warms up: it gets the setup allowance.
+                let training = r.phase == "train" && !step_seconds.is_empty();
+                let limit = if training {
+                    step_timeout
+                } else {
+                    self.opts.setup_timeout
+                };
+                let quiet = now - r.last_beat;
+                (quiet > limit).then_some((rank, r, quiet))
+            })
+            .collect();
+        let (rank, r, quiet) = silent
+            .iter()
+            .find(|(rank, ..)| group.is_suspended(*rank))
+            .or_else(|| silent.iter().min_by_key(|(_, r, _)| (r.step, r.last_beat)))?;
+        let suspended = if group.is_suspended(*rank) {
+            ", process is stopped"
+        } else {
+            ""
+        };
+        Some(Failure {
+            rank: *rank,
+            kind: FailureKind::Hang,
+            cause: format!(
+                "hung: no progress for {:.0} s in phase {} at step {}{suspended}",
+                quiet.as_secs_f64(),
+                r.phase,
+                r.step
+            ),
+        })
+    }
+
+    /// Stops the round everywhere after a failure.
+    fn fail(&mut self, group: Group, failure: Failure) -> End {
+        self.console.line(&format!(
+            "rank {} {}: stopping the round",
+            failure.rank, failure.cause
+        ));
+        self.server.broadcast_command(ServerCommand::Abort);
+        self.nodes.stop(&self.server, self.opts.grace_period);
+        group.stop(self.opts.grace_period);
+        End::Failed(failure)
+    }
+
+    /// The checkpoint a new round starts from: the newest this job committed, if it verifies,
+    /// else what the user asked for (`auto` then finds the newest valid one).
+    fn restart_point(&self) -> String {
+        if let Some(step) = self.committed {
+            let dir = self.plan.checkpoints().join(format!("step-{step:08}"));
+            if verify(&dir).is_ok() {
+                return dir.display().to_string();
+            }
+            return "auto".into();
+        }
+        self.opts.resume.clone()
+    }
+
+    /// Under Slurm, SIGUSR1 means the time limit is near: put the job back in the queue.
+    fn requeue(&self) {
+        let (Some(drain), Some(id)) = (&self.drain, &self.opts.slurm_requeue_id) else {
+            return;
+        };
+        if drain.signal != Signal::Usr1 {
+            return;
+        }
+        match std::process::Command::new("scontrol")
+            .args(["requeue", id])
+            .status()
+        {
+            Ok(s) if s.success() => info!(job = %id, "requeued"),
+            Ok(s) => error!(job = %id, status = %s, "scontrol requeue failed"),
+            Err(e) => error!(job = %id, error = %e, "cannot run scontrol requeue"),
+        }
+    }
+}
+
+/// `max(10 × p99 step time, floor)`: generous for a slow step, tight for a stuck one.
+fn step_timeout(step_seconds: &[f64], floor: Duration) -> Duration {
+    if step_seconds.is_empty() {
+        return floor;
+    }
+    let mut sorted = step_seconds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize];
+    floor.max(Duration::from_secs_f64(10.0 * p99))
+}
