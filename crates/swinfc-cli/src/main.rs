@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, model_and_loss_from_yaml};
+use swinfc_train::bench::{self, BenchSettings};
 use swinfc_train::{Resume, RunSummary, TrainConfig, inference};
 use tracing::info;
 
@@ -59,6 +60,44 @@ enum Command {
     /// Dataset tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Benchmarks, run by hand (docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Forward + losses + backward + flat SGD step of CONFIG's model (`model`, `loss`,
+    /// `train.micro_batch`) on a random batch; prints the median and spread of the timed steps.
+    TrainStep(TrainStepArgs),
+}
+
+#[derive(Args)]
+struct TrainStepArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// CPU threads for Burn's kernels (default: rayon's, one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    precision: PrecisionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Bf16,
 }
 
 #[derive(Subcommand)]
@@ -165,6 +204,7 @@ fn main() -> Result<()> {
             config,
         } => import_weights(&input, &output, num_classes, config.as_deref()),
         Command::Data(DataCommand::Check { config }) => data_check(&config),
+        Command::Bench(BenchCommand::TrainStep(args)) => bench_train_step(&args),
     }
 }
 
@@ -210,6 +250,91 @@ fn forward_cuda(args: &ForwardArgs) -> Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn forward_cuda(_: &ForwardArgs) -> Result<()> {
+    bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
+}
+
+fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
+    let (model_cfg, loss_cfg, micro_batch) =
+        bench::config_from_yaml(&doc).with_context(|| format!("in {}", args.config.display()))?;
+    let settings = BenchSettings {
+        micro_batch,
+        steps: args.steps,
+        warmup: args.warmup,
+        seed: 0,
+    };
+    let (report, device) = match (args.backend, args.precision) {
+        (BackendArg::Cpu, PrecisionArg::Fp32) => {
+            if let Some(threads) = args.threads {
+                bench::set_cpu_threads(threads).context("sizing the CPU thread pool")?;
+            }
+            let device = format!("cpu, {} threads", bench::cpu_threads());
+            (
+                bench::train_step::<Autodiff<Flex>>(&model_cfg, &loss_cfg, &settings, &FlexDevice),
+                device,
+            )
+        }
+        (BackendArg::Cpu, PrecisionArg::Bf16) => {
+            bail!("--precision bf16 is not supported with --backend cpu: the CPU backend trains in fp32 only")
+        }
+        (BackendArg::Cuda, precision) => (
+            bench_train_step_cuda(&model_cfg, &loss_cfg, &settings, precision)?,
+            "cuda:0".into(),
+        ),
+    };
+    let precision = match args.precision {
+        PrecisionArg::Fp32 => "fp32",
+        PrecisionArg::Bf16 => "bf16",
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["implementation"] = "swinfc (burn)".into();
+        value["config"] = args.config.display().to_string().into();
+        value["device"] = device.into();
+        value["precision"] = precision.into();
+        println!("{value}");
+    } else {
+        println!(
+            "swinfc (burn) train step: {}, {device}, {precision}",
+            args.config.display()
+        );
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn bench_train_step_cuda(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    precision: PrecisionArg,
+) -> Result<bench::BenchReport> {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    if swinfc_model::backend::cuda_device_count() == 0 {
+        bail!("--backend cuda: no CUDA device is visible (is libcuda installed and a GPU present?)");
+    }
+    let device = CudaDevice::new(0);
+    Ok(match precision {
+        PrecisionArg::Fp32 => bench::train_step::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, &device),
+        // Parameters, activations and gradients all in bf16 (no f32 master copy): the cost of the
+        // bf16 kernels, not a mixed-precision recipe.
+        PrecisionArg::Bf16 => {
+            bench::train_step::<Autodiff<Cuda<burn::tensor::bf16>>>(model_cfg, loss_cfg, settings, &device)
+        }
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_train_step_cuda(
+    _: &ModelConfig,
+    _: &LossConfig,
+    _: &BenchSettings,
+    _: PrecisionArg,
+) -> Result<bench::BenchReport> {
     bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
 }
 

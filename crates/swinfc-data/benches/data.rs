@@ -2,7 +2,9 @@
 //! then the loader's throughput with 1, 2 and 4 threads. Prints a table.
 //!
 //! Input: 64 generated 500×375 JPEGs (quality 75, smooth content plus noise, about CUB's file
-//! size), decoded from memory so that disk speed does not enter the figure.
+//! size), decoded from memory so that disk speed does not enter the figure. With
+//! `DATA_BENCH_JPEG_DIR=DIR` they are also written to DIR (`000.jpg`…), so that
+//! bench/torch/data_torchvision.py times torchvision on the same bytes.
 
 use std::hint::black_box;
 use std::io::Cursor;
@@ -55,6 +57,12 @@ fn per_image(f: impl Fn(usize), reps: usize) -> f64 {
 
 fn main() {
     let files: Vec<Vec<u8>> = (0..N as u32).map(cub_like_jpeg).collect();
+    if let Ok(dir) = std::env::var("DATA_BENCH_JPEG_DIR") {
+        std::fs::create_dir_all(&dir).expect("mkdir DATA_BENCH_JPEG_DIR");
+        for (k, f) in files.iter().enumerate() {
+            std::fs::write(std::path::Path::new(&dir).join(format!("{k:03}.jpg")), f).expect("write JPEG");
+        }
+    }
     let avg_kb = files.iter().map(Vec::len).sum::<usize>() as f64 / N as f64 / 1024.0;
     let decoded: Vec<_> = files.iter().map(|f| decode_bytes(f).expect("decode")).collect();
     let resized: Vec<_> = decoded.iter().map(|d| resize(d, 512, 512)).collect();

@@ -4,6 +4,7 @@
 //! Owns: everything a worker process does with a model replica. Must not: spawn processes or
 //! handle signals (the launcher does), or open listening ports.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod inference;
