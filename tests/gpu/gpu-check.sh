@@ -20,8 +20,12 @@
 #       `cargo build --release --features swinfc-cli/cuda -p swinfc-cli` and
 #       `cargo build --release -p swinfc-comm --features cuda --example nccl-check`), for a GPU
 #       machine without a Rust toolchain. DIR may hold them gzipped (swinfc.gz, nccl-check.gz).
-# Environment: CHECK_STEPS (training steps, default 30), BENCH_STEPS (default 10).
+# Environment: CHECK_STEPS (training steps, default 30), BENCH_STEPS (default 10), CHECK_LOG_DIR
+# (keep the training logs there).
 set -uo pipefail
+# Relative directories are taken from where the script was started.
+bin_src=${SWINFC_BIN_DIR:+$(cd "$SWINFC_BIN_DIR" && pwd)}
+keep_logs=${CHECK_LOG_DIR:+$(mkdir -p "$CHECK_LOG_DIR" && cd "$CHECK_LOG_DIR" && pwd)}
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 mb=${1:-256}
@@ -36,6 +40,7 @@ results=()
 pass() { results+=("PASS  $1"); echo "-- PASS: $1"; }
 fail() { results+=("FAIL  $1"); echo "-- FAIL: $1"; }
 summary() {
+  [ -n "$keep_logs" ] && cp "$work"/*.log "$keep_logs"/ 2>/dev/null
   echo "== summary"
   printf '%s\n' "${results[@]}"
   for r in "${results[@]}"; do [[ $r == FAIL* ]] && exit 1; done
@@ -85,14 +90,14 @@ for pair in "libnccl.so:$nccl" "libnvrtc.so:$nvrtc"; do
 done
 
 # --- Binaries.
-if [ -n "${SWINFC_BIN_DIR:-}" ]; then
+if [ -n "$bin_src" ]; then
   bindir="$work/bin"
   mkdir -p "$bindir"
   for b in swinfc nccl-check; do
-    if [ -e "$SWINFC_BIN_DIR/$b.gz" ]; then
-      gzip -dc "$SWINFC_BIN_DIR/$b.gz" >"$bindir/$b"
+    if [ -e "$bin_src/$b.gz" ]; then
+      gzip -dc "$bin_src/$b.gz" >"$bindir/$b"
     else
-      cp "$SWINFC_BIN_DIR/$b" "$bindir/$b"
+      cp "$bin_src/$b" "$bindir/$b"
     fi
     chmod +x "$bindir/$b"
   done

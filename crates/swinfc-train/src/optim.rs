@@ -205,7 +205,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             ParamGroup::Backbone => s.lr_backbone,
             ParamGroup::New => s.lr_new,
         };
-        let p = tensor.inner().reshape([slot.numel]);
+        // The update is computed in f32 like the gradient and momentum, and stored back in the
+        // parameter's own type (a no-op for the f32 master weights of training).
+        let dtype = tensor.dtype();
+        let p = tensor.inner().reshape([slot.numel]).cast(FloatDType::F32);
         let g = self.grad.clone().narrow(0, slot.offset, slot.numel);
         let d = if s.weight_decay != 0.0 {
             g + p.clone().mul_scalar(s.weight_decay)
@@ -216,7 +219,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let p = p - v.clone().mul_scalar(lr);
         self.velocity[self.index] = v;
         self.index += 1;
-        let updated = Tensor::from_inner(p.reshape(shape)).require_grad();
+        let updated = Tensor::from_inner(p.reshape(shape).cast(dtype)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
     }
 }
