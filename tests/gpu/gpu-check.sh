@@ -140,7 +140,7 @@ show_error() { # the first error lines and the end of a failed run's log
 }
 
 # Reads a training log: prints the backend line and the losses; passes when the mean of the last
-# three losses is below the mean of the first three.
+# five losses is below the mean of the first five.
 check_losses() { # $1 label, $2 log
   local label=$1 log=$2
   grep -m1 'backend:' "$log" | sed 's/^.*backend:/backend:/'
@@ -152,8 +152,9 @@ check_losses() { # $1 label, $2 log
     fail "$label: no loss logged"
     return
   fi
-  if echo "$losses" | awk '{ if (NF < 6) exit 1; f = ($1 + $2 + $3) / 3; l = ($(NF-2) + $(NF-1) + $NF) / 3;
-                             printf "first3 %.4f  last3 %.4f\n", f, l; exit !(l < f) }'; then
+  if echo "$losses" | awk '{ if (NF < 10) exit 1; f = 0; l = 0;
+                             for (i = 1; i <= 5; i++) { f += $i / 5; l += $(NF - 5 + i) / 5 }
+                             printf "mean of the first 5 %.4f, of the last 5 %.4f\n", f, l; exit !(l < f) }'; then
     pass "$label: loss goes down"
   else
     tail -5 "$log"
