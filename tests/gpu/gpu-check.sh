@@ -35,7 +35,7 @@ bench_steps=${BENCH_STEPS:-10}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Plain log lines (no colour codes), so the losses can be read back.
-export NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} RUST_BACKTRACE=${RUST_BACKTRACE:-0}
+export NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} RUST_BACKTRACE=0
 
 results=()
 pass() { results+=("PASS  $1"); echo "-- PASS: $1"; }
@@ -50,6 +50,7 @@ summary() {
 
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: no GPU visible"
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo "no PyTorch"
 
 # --- Shared libraries. cudarc dlopens libcuda, libnccl and libnvrtc by name, and never tries
 # libnccl.so.2; pip's wheels are not on the loader's path. Links to them go in a run-local dir.
@@ -111,11 +112,11 @@ else
 fi
 
 echo "== 1. NCCL, world size 1"
-if timeout 120 "$nccl_check" 1 "$mb"; then pass "nccl world 1"; else fail "nccl world 1"; fi
+if timeout 90 "$nccl_check" 1 "$mb"; then pass "nccl world 1"; else fail "nccl world 1"; fi
 
 echo "== 1. NCCL, 2 ranks on one GPU"
 two_ranks=no
-if NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 120 "$nccl_check" 2 "$mb"; then
+if NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 90 "$nccl_check" 2 "$mb"; then
   two_ranks=yes
   pass "nccl 2 ranks"
 else
@@ -166,7 +167,7 @@ for precision in fp32 bf16; do
   echo "== 2. swinfc train, cuda, $precision"
   log="$work/train-$precision.log"
   start=$(date +%s%N)
-  timeout 150 "$swinfc" train "$work/tiny.yaml" --resume none --set train.precision=$precision \
+  timeout 120 "$swinfc" train "$work/tiny.yaml" --resume none --set train.precision=$precision \
     --set run.dir="$work/run-$precision" >"$log" 2>&1
   rc=$?
   echo "exit $rc after $((($(date +%s%N) - start) / 1000000)) ms"
@@ -180,7 +181,7 @@ world=1
 [ $two_ranks = yes ] && world=2
 echo "== 2. $world launched swinfc worker(s) on one GPU, gradients summed with NCCL"
 log="$work/workers.log"
-NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 150 "$nccl_check" spawn $world "$swinfc" worker "$work/tiny.yaml" \
+NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 120 "$nccl_check" spawn $world "$swinfc" worker "$work/tiny.yaml" \
   --resume none --set run.dir="$work/run-workers" >"$log" 2>&1
 rc=$?
 grep -E 'NCCL communicator ready' "$log" | head -2
@@ -191,7 +192,7 @@ echo "== 3. Swin-B@384 training step, micro-batch 8"
 if "$swinfc" bench train-step --help >/dev/null 2>&1 && [ -e bench/configs/swin-b-384.yaml ]; then
   for precision in fp32 bf16; do
     echo "-- swinfc, $precision"
-    if timeout 240 "$swinfc" bench train-step --backend cuda --precision "$precision" \
+    if timeout 150 "$swinfc" bench train-step --backend cuda --precision "$precision" \
       --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
       pass "bench swinfc $precision"
     else
@@ -200,7 +201,7 @@ if "$swinfc" bench train-step --help >/dev/null 2>&1 && [ -e bench/configs/swin-
   done
   for precision in fp32 bf16; do
     echo "-- PyTorch, $precision"
-    if timeout 240 python3 bench/torch/train_step.py --device cuda --precision "$precision" \
+    if timeout 120 python3 bench/torch/train_step.py --device cuda --precision "$precision" \
       --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
       pass "bench torch $precision"
     else
