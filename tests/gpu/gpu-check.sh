@@ -5,7 +5,8 @@
 # lists what passed, and the exit status is 1 if anything failed.
 #   1. NCCL on Burn CUDA tensors (example nccl-check): world size 1, then 2 ranks on one GPU
 #      (NCCL_MULTI_RANK_GPU_ENABLE=1, where this NCCL allows it); correctness and bus bandwidth.
-#   2. `swinfc train` of a tiny synthetic config on the CUDA backend, train.precision fp32 and
+#   2. The first step's gradient norm on CUDA and on the CPU from the same weights and data (must
+#      agree). `swinfc train` of a tiny synthetic config on the CUDA backend, train.precision fp32 and
 #      bf16: prints the backend used and the losses; passes when the loss goes down. Then
 #      launched `swinfc worker`s summing their gradients with NCCL: two on the GPU where NCCL
 #      allows two ranks on one GPU, else one.
@@ -162,6 +163,30 @@ check_losses() { # $1 label, $2 log
     fail "$label: loss did not go down"
   fi
 }
+
+# The first step's gradient norm from the same weights and data must be the CPU's (up to TF32
+# rounding): the model's own gradients match on both backends, so a difference points at the
+# flattening, the sum or the norm of the gradient on the device.
+echo "== 2. first-step gradient norm, CPU vs CUDA, same initial weights"
+step1() { # $1: run dir; then environment assignments (CUDA_VISIBLE_DEVICES= runs it on the CPU)
+  local dir=$1
+  shift
+  env "$@" timeout 120 "$swinfc" train "$work/tiny.yaml" --resume none --set train.total_steps=1 \
+    --set train.warmup_steps=0 --set train.pretrained="$work/init.safetensors" --set run.dir="$dir" 2>&1 |
+    grep -m1 ' step ' | grep -oE 'grad_norm=[^ ]+' | cut -d= -f2
+}
+CUDA_VISIBLE_DEVICES= timeout 60 "$swinfc" train "$work/tiny.yaml" --resume none --set train.total_steps=1 \
+  --set train.warmup_steps=0 --set run.dir="$work/run-init" >/dev/null 2>&1
+cp "$work/run-init/checkpoints/step-00000001/model.safetensors" "$work/init.safetensors" 2>/dev/null
+cpu_norm=$(step1 "$work/run-cpu" CUDA_VISIBLE_DEVICES=)
+cuda_norm=$(step1 "$work/run-cuda")
+echo "grad_norm at step 1: cpu ${cpu_norm:-?}, cuda ${cuda_norm:-?}"
+if [ -n "$cpu_norm" ] && [ -n "$cuda_norm" ] &&
+  awk -v a="$cpu_norm" -v b="$cuda_norm" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.02 * a) }'; then
+  pass "step-1 gradient norm: CUDA equals CPU"
+else
+  fail "step-1 gradient norm: CUDA differs from CPU"
+fi
 
 for precision in fp32 bf16; do
   echo "== 2. swinfc train, cuda, $precision"
