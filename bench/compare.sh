@@ -2,7 +2,7 @@
 # Runs each benchmark on our side and on PyTorch's, back to back in one run on this machine, and
 # prints the ratios ours/theirs in time (lower is better). Run by hand, not by CI.
 #
-#   bench/compare.sh [train|allreduce|data|all]      (default all)
+#   bench/compare.sh [train|ops|allreduce|data|all]      (default all)
 #
 # Environment: PYTHON (an interpreter with torch, timm, torchvision, pyyaml; default python3),
 # THREADS (default nproc), ROUNDS (alternating ours/theirs runs per config, default 3),
@@ -32,6 +32,13 @@ if [[ $what == train || $what == all ]]; then
         done
     done
     "$PYTHON" bench/ratios.py train "$OUT"/train-tiny.jsonl "$OUT"/train-small.jsonl
+fi
+
+if [[ $what == ops || $what == all ]]; then
+    cargo build --release -p swinfc-cli
+    "${CARGO_TARGET_DIR:-target}/release/swinfc" bench ops --threads "$THREADS" | tee "$OUT/ops-ours.txt"
+    "$PYTHON" bench/torch/ops.py "$THREADS" | tee "$OUT/ops-torch.txt"
+    "$PYTHON" bench/ratios.py ops "$OUT/ops-ours.txt" "$OUT/ops-torch.txt"
 fi
 
 if [[ $what == allreduce || $what == all ]]; then

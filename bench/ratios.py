@@ -4,6 +4,7 @@
     ratios.py train FILE.jsonl...        JSON lines of `swinfc bench train-step` and train_step.py
     ratios.py allreduce RING.txt GLOO.txt tables of `cargo bench -p swinfc-comm` and allreduce_gloo.py
     ratios.py data OURS.txt THEIRS.txt    tables of `cargo bench -p swinfc-data` and data_torchvision.py
+    ratios.py ops OURS.txt THEIRS.txt     tables of `swinfc bench ops` and bench/torch/ops.py
 
 Every ratio is ours/theirs in time: below 1 we are faster.
 """
@@ -72,6 +73,26 @@ def data(ours_path, theirs_path):
                   f"{theirs[name] / ours[name]:>8.2f}x")
 
 
+def op_rows(path):
+    rows = {}
+    for line in open(path):
+        name, _, value = line.rstrip().rpartition(" ")
+        try:
+            rows[name.strip()] = float(value)
+        except ValueError:
+            pass  # the header
+    return rows
+
+
+def ops(ours_path, theirs_path):
+    ours, theirs = op_rows(ours_path), op_rows(theirs_path)
+    print(f"{'op, fwd+bwd':<40} {'burn ms':>9} {'torch ms':>9} {'ours/torch':>11}")
+    for name in ours:
+        if name in theirs:
+            print(f"{name:<40} {ours[name]:>9.3f} {theirs[name]:>9.3f} {ours[name] / theirs[name]:>10.1f}x")
+
+
 if __name__ == "__main__":
     kind, files = sys.argv[1], sys.argv[2:]
-    {"train": lambda: train(files), "allreduce": lambda: allreduce(*files), "data": lambda: data(*files)}[kind]()
+    {"train": lambda: train(files), "allreduce": lambda: allreduce(*files), "data": lambda: data(*files),
+     "ops": lambda: ops(*files)}[kind]()

@@ -70,6 +70,15 @@ enum BenchCommand {
     /// Forward + losses + backward + flat SGD step of CONFIG's model (`model`, `loss`,
     /// `train.micro_batch`) on a random batch; prints the median and spread of the timed steps.
     TrainStep(TrainStepArgs),
+    /// The step's dominant ops one at a time (forward + backward, median ms) on the CPU backend;
+    /// bench/torch/ops.py times the same ops in PyTorch.
+    Ops {
+        /// CPU threads for Burn's kernels (default: rayon's, one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
 }
 
 #[derive(Args)]
@@ -205,6 +214,20 @@ fn main() -> Result<()> {
         } => import_weights(&input, &output, num_classes, config.as_deref()),
         Command::Data(DataCommand::Check { config }) => data_check(&config),
         Command::Bench(BenchCommand::TrainStep(args)) => bench_train_step(&args),
+        Command::Bench(BenchCommand::Ops { threads, reps }) => {
+            if let Some(threads) = threads {
+                bench::set_cpu_threads(threads).context("sizing the CPU thread pool")?;
+            }
+            println!(
+                "{:<40} {:>10}",
+                format!("op, fwd+bwd (burn flex, {} threads)", bench::cpu_threads()),
+                "median ms"
+            );
+            for (op, ms) in bench::ops::<Autodiff<Flex>>(reps, &FlexDevice) {
+                println!("{op:<40} {ms:>10.3}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -254,6 +277,9 @@ fn forward_cuda(_: &ForwardArgs) -> Result<()> {
 }
 
 fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let doc: serde_yaml::Value =

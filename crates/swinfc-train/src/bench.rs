@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
+use burn::nn::{LayerNormConfig, LinearConfig};
 use burn::optim::GradientsParams;
+use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use serde::Serialize;
@@ -197,6 +199,85 @@ pub fn train_step<B: AutodiffBackend>(
         },
         last_loss,
     }
+}
+
+/// The ops that dominate the CPU train step, one at a time on the tiny config's shapes
+/// (micro-batch 8, stage 1 and the stage-2 branch), forward + backward: which kernels the step's
+/// time goes to. bench/torch/ops.py times the same ops in PyTorch. Returns (op, median ms).
+///
+/// Each op's loss is `sum(op(x) * g)` with a fixed random `g`, so its backward starts from a
+/// dense gradient, as inside the network (a bare `sum()` would start from a broadcast one).
+pub fn ops<B: AutodiffBackend>(reps: usize, device: &B::Device) -> Vec<(&'static str, f64)> {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let tokens = Tensor::<B, 3>::random([8, 1024, 32], normal, device);
+    let hidden = Tensor::<B, 3>::random([8, 1024, 128], normal, device);
+    let scores = Tensor::<B, 4>::random([512, 1, 16, 16], normal, device);
+    let q = Tensor::<B, 4>::random([512, 1, 16, 32], normal, device);
+    let branch = Tensor::<B, 3>::random([8, 256, 256], normal, device);
+    let norm = LayerNormConfig::new(32).init::<B>(device);
+    let fc1 = LinearConfig::new(32, 128).init::<B>(device);
+    let fc2 = LinearConfig::new(128, 32).init::<B>(device);
+    vec![
+        (
+            "layer_norm(32) [8,1024,32]",
+            op_ms(reps, &tokens, |x| norm.forward(x)),
+        ),
+        (
+            "linear 32->128->32 [8,1024,32]",
+            op_ms(reps, &tokens, |x| fc2.forward(fc1.forward(x))),
+        ),
+        ("gelu [8,1024,128]", op_ms(reps, &hidden, gelu)),
+        (
+            "softmax(-1) [512,1,16,16]",
+            op_ms(reps, &scores, |x| softmax(x, 3)),
+        ),
+        (
+            "q@k^T [512,1,16,32]x[512,1,32,16]",
+            op_ms(reps, &q, |x| x.clone().matmul(x.swap_dims(2, 3))),
+        ),
+        (
+            "window partition [8,32,32,32]",
+            op_ms(reps, &tokens, |x| {
+                x.reshape([8, 8, 4, 8, 4, 32])
+                    .permute([0, 1, 3, 2, 4, 5])
+                    .reshape([8, 1024, 32])
+            }),
+        ),
+        (
+            "mean over tokens (dim 1) [8,256,256]",
+            op_ms(reps, &branch, |x| x.mean_dim(1).repeat_dim(1, 256)),
+        ),
+        (
+            "softmax(dim 1) [8,256,256]",
+            op_ms(reps, &branch, |x| softmax(x, 1)),
+        ),
+    ]
+}
+
+fn op_ms<B: AutodiffBackend, const D: usize>(
+    reps: usize,
+    x: &Tensor<B, D>,
+    op: impl Fn(Tensor<B, D>) -> Tensor<B, D>,
+) -> f64 {
+    let device = x.device();
+    let g = Tensor::<B, D>::random(op(x.clone()).shape(), Distribution::Normal(0.0, 1.0), &device).detach();
+    let run = || {
+        let x = x.clone().detach().require_grad();
+        let grads = (op(x.clone()) * g.clone()).sum().backward();
+        let grad = x.grad(&grads).expect("x has a gradient");
+        B::sync(&device).expect("the device is healthy");
+        grad
+    };
+    run();
+    let mut times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            drop(run());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    percentile(&times, 0.5)
 }
 
 /// Linear interpolation between the closest ranks (numpy's default), on sorted values.
