@@ -1,40 +1,240 @@
 #!/usr/bin/env bash
-# GPU check of swinfc-comm's NCCL path. Not run by CI: needs one NVIDIA GPU, its driver, and
-# libnccl (e.g. pip's nvidia-nccl-cu12/13, which ships only libnccl.so.2).
-#   1. builds with --features cuda;
-#   2. world size 1: NCCL all-reduce + broadcast on a Burn CUDA tensor, checked;
-#   3. 2 ranks on the same GPU (NCCL_MULTI_RANK_GPU_ENABLE=1) if this NCCL allows it;
-#   4. prints bus bandwidth (nccl-tests conventions).
-# Usage: tests/gpu/gpu-check.sh [MB]     (default 256)
-set -euo pipefail
+# GPU check of swinfc. Not run by CI: needs one NVIDIA GPU and its driver, libnccl (pip's
+# nvidia-nccl-cu12/13 ships only libnccl.so.2) and NVRTC (the CUDA toolkit's, or pip's
+# nvidia-cuda-nvrtc). Each part runs even when an earlier one failed; the summary at the end
+# lists what passed, and the exit status is 1 if anything failed.
+#   1. NCCL on Burn CUDA tensors (example nccl-check): world size 1, then 2 ranks on one GPU
+#      (NCCL_MULTI_RANK_GPU_ENABLE=1, where this NCCL allows it); correctness and bus bandwidth.
+#   2. The first step's gradient norm on CUDA and on the CPU from the same weights and data (must
+#      agree). `swinfc train` of a tiny synthetic config on the CUDA backend, train.precision fp32 and
+#      bf16: prints the backend used and the losses; passes when the loss goes down. Then
+#      launched `swinfc worker`s summing their gradients with NCCL: two on the GPU where NCCL
+#      allows two ranks on one GPU, else one.
+#   3. Only if this swinfc has `bench train-step`: our Swin-B@384 micro-batch-8 training step,
+#      fp32 and bf16, and PyTorch's (bench/torch/train_step.py) on the same GPU.
+#
+# Usage, from anywhere:
+#   tests/gpu/gpu-check.sh [MB]
+#       builds swinfc and nccl-check (cargo, release, CUDA feature), then runs the checks;
+#       MB is the all-reduce size of the bandwidth test (default 256).
+#   SWINFC_BIN_DIR=DIR tests/gpu/gpu-check.sh [MB]
+#       no build: runs the prebuilt `swinfc` and `nccl-check` in DIR (built elsewhere with
+#       `cargo build --release --features swinfc-cli/cuda -p swinfc-cli` and
+#       `cargo build --release -p swinfc-comm --features cuda --example nccl-check`), for a GPU
+#       machine without a Rust toolchain. DIR may hold them gzipped (swinfc.gz, nccl-check.gz).
+# Environment: CHECK_STEPS (training steps, default 30), BENCH_STEPS (default 10), CHECK_LOG_DIR
+# (keep the training logs there).
+set -uo pipefail
+# Relative directories are taken from where the script was started.
+bin_src=${SWINFC_BIN_DIR:+$(cd "$SWINFC_BIN_DIR" && pwd)}
+keep_logs=${CHECK_LOG_DIR:+$(mkdir -p "$CHECK_LOG_DIR" && cd "$CHECK_LOG_DIR" && pwd)}
 cd "$(dirname "$0")/../.."
+root=$(pwd)
 mb=${1:-256}
+steps=${CHECK_STEPS:-30}
+bench_steps=${BENCH_STEPS:-10}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# Plain log lines (no colour codes), so the losses can be read back.
+export NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} RUST_BACKTRACE=0
 
-# cudarc looks for libnccl.so, never libnccl.so.2: give it a link in a run-local directory.
-libdir=$(mktemp -d)
-trap 'rm -rf "$libdir"' EXIT
-nccl=$(ldconfig -p 2>/dev/null | awk '/libnccl\.so\.2 /{print $NF; exit}')
-if [ -z "$nccl" ]; then
-  nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null || true)
-fi
-if [ -n "$nccl" ] && [ -e "$nccl" ]; then
-  ln -s "$nccl" "$libdir/libnccl.so"
-  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "libnccl: $nccl"
+results=()
+pass() { results+=("PASS  $1"); echo "-- PASS: $1"; }
+fail() { results+=("FAIL  $1"); echo "-- FAIL: $1"; }
+summary() {
+  [ -n "$keep_logs" ] && cp "$work"/*.log "$keep_logs"/ 2>/dev/null
+  echo "== summary"
+  printf '%s\n' "${results[@]}"
+  for r in "${results[@]}"; do [[ $r == FAIL* ]] && exit 1; done
+  exit 0
+}
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: no GPU visible"
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo "no PyTorch"
+
+# --- Shared libraries. cudarc dlopens libcuda, libnccl and libnvrtc by name, and never tries
+# libnccl.so.2; pip's wheels are not on the loader's path. Links to them go in a run-local dir.
+libdir="$work/lib"
+mkdir -p "$libdir"
+pylib() { # the first file matching $1 under the installed nvidia.* Python packages
+  python3 - "$1" 2>/dev/null <<'EOF'
+import glob, os, sys
+try:
+    import nvidia
+except ImportError:
+    sys.exit(0)
+for base in nvidia.__path__:
+    hits = sorted(glob.glob(os.path.join(base, "**", sys.argv[1]), recursive=True))
+    if hits:
+        print(hits[0])
+        break
+EOF
+}
+find_lib() { # $1: soname pattern for ldconfig, $2: glob for the toolkit and pip
+  local hit
+  hit=$(ldconfig -p 2>/dev/null | awk -v p="$1" '$1 ~ p {print $NF; exit}')
+  [ -z "$hit" ] && hit=$(ls /usr/local/cuda/lib64/$2 /usr/local/cuda/targets/x86_64-linux/lib/$2 2>/dev/null | head -1)
+  [ -z "$hit" ] && hit=$(pylib "$2")
+  echo "$hit"
+}
+nccl=$(find_lib '^libnccl\\.so\\.2$' 'libnccl.so.2')
+nvrtc=$(find_lib '^libnvrtc\\.so\\.1[0-9]$' 'libnvrtc.so.1[0-9]')
+for pair in "libnccl.so:$nccl" "libnvrtc.so:$nvrtc"; do
+  name=${pair%%:*} path=${pair#*:}
+  if [ -n "$path" ] && [ -e "$path" ]; then
+    ln -sf "$path" "$libdir/$name"
+    # NVRTC loads its builtins library from its own directory.
+    export LD_LIBRARY_PATH="$libdir:$(dirname "$path")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "$name -> $path"
+  else
+    echo "$name: not found (ldconfig, /usr/local/cuda, python nvidia.*); the checks needing it will fail"
+  fi
+done
+
+# --- Binaries.
+if [ -n "$bin_src" ]; then
+  bindir="$work/bin"
+  mkdir -p "$bindir"
+  for b in swinfc nccl-check; do
+    if [ -e "$bin_src/$b.gz" ]; then
+      gzip -dc "$bin_src/$b.gz" >"$bindir/$b"
+    else
+      cp "$bin_src/$b" "$bindir/$b"
+    fi
+    chmod +x "$bindir/$b"
+  done
+  swinfc=$bindir/swinfc nccl_check=$bindir/nccl-check
 else
-  echo "libnccl.so.2 not found (ldconfig, python nvidia.nccl); the check will report it missing"
+  cargo build --release --features swinfc-cli/cuda -p swinfc-cli || { fail "build swinfc"; summary; }
+  cargo build --release -p swinfc-comm --features cuda --example nccl-check || { fail "build nccl-check"; summary; }
+  target=${CARGO_TARGET_DIR:-target}
+  swinfc=$target/release/swinfc nccl_check=$target/release/examples/nccl-check
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
-cargo build --release -p swinfc-comm --features cuda --example nccl-check
-bin=target/release/examples/nccl-check
+echo "== 1. NCCL, world size 1"
+if timeout 90 "$nccl_check" 1 "$mb"; then pass "nccl world 1"; else fail "nccl world 1"; fi
 
-echo "== world size 1"
-"$bin" 1 "$mb"
-
-echo "== 2 ranks on one GPU"
-if NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 300 "$bin" 2 "$mb"; then
-  echo "2-rank check passed"
+echo "== 1. NCCL, 2 ranks on one GPU"
+two_ranks=no
+if NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 90 "$nccl_check" 2 "$mb"; then
+  two_ranks=yes
+  pass "nccl 2 ranks"
 else
-  echo "2-rank check failed (this NCCL may not allow two ranks on one GPU); see the output above"
+  fail "nccl 2 ranks (this NCCL may refuse two ranks on one GPU; see above)"
 fi
+
+# --- 2. Training on the CUDA backend.
+cat >"$work/tiny.yaml" <<EOF
+run: {name: gpu-check, dir: $work/run, seed: 5}
+model: {preset: tiny, img_size: 32, embed_dim: 32, branch_dim: 64, ea_memory: 8, num_classes: 6, drop_path: 0.0}
+data: {dataset: synthetic, classes: 6, train_per_class: 16, test_per_class: 4, img_size: 36, resize: 36, crop: 32, num_threads: 2}
+train: {global_batch: 16, micro_batch: 8, total_steps: $steps, warmup_steps: 2, lr_backbone: 0.05, lr_new: 0.05, grad_clip: 1.0, weight_decay: 0.0001}
+eval: {every_steps: 0}
+checkpoint: {every_steps: 0, keep_last: 1}
+metrics: {log_every: 1}
+EOF
+
+show_error() { # the first error lines and the end of a failed run's log
+  grep -m6 -E 'Error|ERROR|panicked|WARN' "$1"
+  echo "..."
+  tail -6 "$1"
+}
+
+# Reads a training log: prints the backend line and the losses; passes when the mean of the last
+# five losses is below the mean of the first five.
+check_losses() { # $1 label, $2 log
+  local label=$1 log=$2
+  grep -m1 'backend:' "$log" | sed 's/^.*backend:/backend:/'
+  local losses
+  losses=$(grep ' step ' "$log" | grep -oE ' loss=[^ ]+' | cut -d= -f2 | tr '\n' ' ')
+  echo "$label losses: $losses"
+  if [ -z "$losses" ]; then
+    tail -20 "$log"
+    fail "$label: no loss logged"
+    return
+  fi
+  if echo "$losses" | awk '{ if (NF < 10) exit 1; f = 0; l = 0;
+                             for (i = 1; i <= 5; i++) { f += $i / 5; l += $(NF - 5 + i) / 5 }
+                             printf "mean of the first 5 %.4f, of the last 5 %.4f\n", f, l; exit !(l < f) }'; then
+    pass "$label: loss goes down"
+  else
+    tail -5 "$log"
+    fail "$label: loss did not go down"
+  fi
+}
+
+# The first step's gradient norm from the same weights and data must be the CPU's (up to TF32
+# rounding): the model's own gradients match on both backends, so a difference points at the
+# flattening, the sum or the norm of the gradient on the device.
+echo "== 2. first-step gradient norm, CPU vs CUDA, same initial weights"
+step1() { # $1: run dir; then environment assignments (CUDA_VISIBLE_DEVICES= runs it on the CPU)
+  local dir=$1
+  shift
+  env "$@" timeout 120 "$swinfc" train "$work/tiny.yaml" --resume none --set train.total_steps=1 \
+    --set train.warmup_steps=0 --set train.pretrained="$work/init.safetensors" --set run.dir="$dir" 2>&1 |
+    grep -m1 ' step ' | grep -oE 'grad_norm=[^ ]+' | cut -d= -f2
+}
+CUDA_VISIBLE_DEVICES= timeout 60 "$swinfc" train "$work/tiny.yaml" --resume none --set train.total_steps=1 \
+  --set train.warmup_steps=0 --set run.dir="$work/run-init" >/dev/null 2>&1
+cp "$work/run-init/checkpoints/step-00000001/model.safetensors" "$work/init.safetensors" 2>/dev/null
+cpu_norm=$(step1 "$work/run-cpu" CUDA_VISIBLE_DEVICES=)
+cuda_norm=$(step1 "$work/run-cuda")
+echo "grad_norm at step 1: cpu ${cpu_norm:-?}, cuda ${cuda_norm:-?}"
+if [ -n "$cpu_norm" ] && [ -n "$cuda_norm" ] &&
+  awk -v a="$cpu_norm" -v b="$cuda_norm" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.02 * a) }'; then
+  pass "step-1 gradient norm: CUDA equals CPU"
+else
+  fail "step-1 gradient norm: CUDA differs from CPU"
+fi
+
+for precision in fp32 bf16; do
+  echo "== 2. swinfc train, cuda, $precision"
+  log="$work/train-$precision.log"
+  start=$(date +%s%N)
+  timeout 120 "$swinfc" train "$work/tiny.yaml" --resume none --set train.precision=$precision \
+    --set run.dir="$work/run-$precision" >"$log" 2>&1
+  rc=$?
+  echo "exit $rc after $((($(date +%s%N) - start) / 1000000)) ms"
+  if [ $rc -ne 0 ]; then show_error "$log"; fail "train $precision: exit $rc"; continue; fi
+  check_losses "train $precision" "$log"
+done
+
+# Launched workers take the NCCL path (a lone `swinfc train` has nobody to sum with); two of them
+# where this NCCL runs two ranks on one GPU, else one.
+world=1
+[ $two_ranks = yes ] && world=2
+echo "== 2. $world launched swinfc worker(s) on one GPU, gradients summed with NCCL"
+log="$work/workers.log"
+NCCL_MULTI_RANK_GPU_ENABLE=1 timeout 120 "$nccl_check" spawn $world "$swinfc" worker "$work/tiny.yaml" \
+  --resume none --set run.dir="$work/run-workers" >"$log" 2>&1
+rc=$?
+grep -E 'NCCL communicator ready' "$log" | head -2
+if [ $rc -ne 0 ]; then show_error "$log"; fail "$world worker(s): exit $rc"; else check_losses "$world worker(s), NCCL" "$log"; fi
+
+# --- 3. The training-step benchmark, ours and PyTorch's, where this build has it.
+echo "== 3. Swin-B@384 training step, micro-batch 8"
+if "$swinfc" bench train-step --help >/dev/null 2>&1 && [ -e bench/configs/swin-b-384.yaml ]; then
+  for precision in fp32 bf16; do
+    echo "-- swinfc, $precision"
+    if timeout 150 "$swinfc" bench train-step --backend cuda --precision "$precision" \
+      --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
+      pass "bench swinfc $precision"
+    else
+      fail "bench swinfc $precision"
+    fi
+  done
+  for precision in fp32 bf16; do
+    echo "-- PyTorch, $precision"
+    if timeout 120 python3 bench/torch/train_step.py --device cuda --precision "$precision" \
+      --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
+      pass "bench torch $precision"
+    else
+      fail "bench torch $precision"
+    fi
+  done
+else
+  echo "skipped: this swinfc has no 'bench train-step' (or bench/configs/swin-b-384.yaml is missing)"
+fi
+
+summary

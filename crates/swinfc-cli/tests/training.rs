@@ -140,7 +140,7 @@ fn a_two_worker_run_resumes_on_one_worker() {
 fn config_errors_exit_1_naming_the_key_or_path() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let cases: &[(&[&str], &str)] = &[
+    let mut cases: Vec<(&[&str], &str)> = vec![
         (&["--set", "train.lr_nwe=1"], "train.lr_nwe: unknown key"),
         (
             &["--set", "train.micro_batch=3"],
@@ -152,6 +152,13 @@ fn config_errors_exit_1_naming_the_key_or_path() {
         ),
         (&["--set", "data.colour=1"], "data.colour"),
     ];
+    // Without the `cuda` feature the CPU is the only backend, and it trains in fp32 only.
+    if !cfg!(feature = "cuda") {
+        cases.push((
+            &["--set", "train.precision=bf16"],
+            "train.precision: bf16 needs the CUDA backend",
+        ));
+    }
     for (extra, want) in cases {
         let mut args = vec!["train", cfg.to_str().unwrap()];
         args.extend_from_slice(extra);

@@ -2,6 +2,10 @@
 //! Burn CUDA tensor with `WORLD` ranks on GPU 0, each a process joined through the control server.
 //!
 //! `cargo run --release -p swinfc-comm --features cuda --example nccl-check -- WORLD [MB]`
+//!
+//! `nccl-check spawn WORLD PROGRAM ARGS...` instead runs WORLD copies of another worker program
+//! (`swinfc worker CONFIG`) against a control server hosted here, so the GPU check can train with
+//! NCCL on several ranks without the launcher.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,7 +32,17 @@ fn main() {
 }
 
 fn launch(args: &[String]) -> Result<(), CommError> {
-    let world: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let (world, program, args): (&str, std::path::PathBuf, &[String]) = match args {
+        [mode, world, program, rest @ ..] if mode == "spawn" => (world.as_str(), program.into(), rest),
+        _ => {
+            let exe = std::env::current_exe().map_err(|e| CommError::Io {
+                peer: "current_exe".into(),
+                source: e,
+            })?;
+            (args.first().map_or("1", String::as_str), exe, args)
+        }
+    };
+    let world: usize = world.parse().unwrap_or(1);
     println!("libraries present (libcuda, libnccl): {:?}", libraries_present());
     let token = JobToken::generate()?;
     let server = ControlServer::spawn_in_thread(
@@ -39,10 +53,6 @@ fn launch(args: &[String]) -> Result<(), CommError> {
         world,
         0,
     )?;
-    let exe = std::env::current_exe().map_err(|e| CommError::Io {
-        peer: "current_exe".into(),
-        source: e,
-    })?;
     let mut children = Vec::new();
     for rank in 0..world {
         let id = WorkerIdentity {
@@ -55,7 +65,7 @@ fn launch(args: &[String]) -> Result<(), CommError> {
             restart_round: 0,
         };
         children.push(
-            Command::new(&exe)
+            Command::new(&program)
                 .args(args)
                 .envs(id.to_env())
                 .spawn()

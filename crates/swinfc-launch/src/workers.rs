@@ -77,8 +77,10 @@ impl Group {
                 }
                 Devices::Cpu(_) => {
                     let threads = plan.threads_per_worker.to_string();
+                    // A CUDA build would otherwise put CPU workers on a visible GPU.
                     cmd.env("RAYON_NUM_THREADS", &threads)
-                        .env("OMP_NUM_THREADS", &threads);
+                        .env("OMP_NUM_THREADS", &threads)
+                        .env("CUDA_VISIBLE_DEVICES", "");
                 }
             }
             cmd.stdin(Stdio::null())

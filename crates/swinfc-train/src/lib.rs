@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod inference;
 pub mod optim;
+pub mod sync;
 pub mod trainer;
 pub mod worker;
 

@@ -8,10 +8,12 @@
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use swinfc_model::weights::{StateDict, WeightsError, load_state_dict, state_dict};
 use swinfc_model::{ParamGroup, SwinFc};
+
+use crate::config::Precision;
 
 /// One parameter in flat order.
 #[derive(Debug, Clone)]
@@ -54,7 +56,8 @@ impl FlatLayout {
     }
 }
 
-/// Concatenates the gradients in flat order (zeros for a parameter without one): [len].
+/// Concatenates the gradients in flat order (zeros for a parameter without one): [len], in f32
+/// whatever the model computes in, because the sum over ranks and the update are done in f32.
 pub fn flatten_grads<B: AutodiffBackend>(
     model: &SwinFc<B>,
     grads: &GradientsParams,
@@ -64,7 +67,7 @@ pub fn flatten_grads<B: AutodiffBackend>(
         grads,
         parts: &mut parts,
     });
-    Tensor::cat(parts, 0)
+    Tensor::cat(parts, 0).cast(FloatDType::F32)
 }
 
 struct CollectGrads<'a, B: AutodiffBackend> {
@@ -83,10 +86,34 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for CollectGrads<'_, B> {
     }
 }
 
-/// Host values → a flat tensor on `device`.
+/// Host values → a flat f32 tensor on `device` (f32 even where the device's default is bf16).
 pub fn flat_tensor<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), device)
+    Tensor::from_data(TensorData::new(values, [n]), (device, DType::F32))
+}
+
+/// The copy of `model` that runs forward and backward when the run computes in a lower precision
+/// than the f32 master weights the optimizer updates: the same parameters (and ids, so its
+/// gradients flatten in the same order) cast to `precision`. `None` for fp32: the model itself computes.
+pub fn compute_copy<B: AutodiffBackend>(model: &SwinFc<B>, precision: Precision) -> Option<SwinFc<B>> {
+    let dtype = match precision {
+        Precision::Fp32 => return None,
+        Precision::Bf16 => FloatDType::BF16,
+    };
+    Some(model.clone().map(&mut CastParams { dtype }))
+}
+
+struct CastParams {
+    dtype: FloatDType,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        // A new leaf: gradients stop here rather than flowing into the f32 master copy.
+        let cast = Tensor::from_inner(tensor.inner().cast(self.dtype)).require_grad();
+        Param::from_mapped_value(id, cast, mapper)
+    }
 }
 
 /// Hyper-parameters of one update.
@@ -110,7 +137,8 @@ impl<B: AutodiffBackend> Sgd<B> {
         let velocity = layout
             .slots
             .iter()
-            .map(|s| Tensor::zeros([s.numel], device))
+            // f32 whatever the device's default float type: momentum accumulates small updates.
+            .map(|s| Tensor::zeros([s.numel], (device, DType::F32)))
             .collect();
         Self { layout, velocity }
     }
@@ -177,7 +205,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             ParamGroup::Backbone => s.lr_backbone,
             ParamGroup::New => s.lr_new,
         };
-        let p = tensor.inner().reshape([slot.numel]);
+        // The update is computed in f32 like the gradient and momentum, and stored back in the
+        // parameter's own type (a no-op for the f32 master weights of training).
+        let dtype = tensor.dtype();
+        let p = tensor.inner().reshape([slot.numel]).cast(FloatDType::F32);
         let g = self.grad.clone().narrow(0, slot.offset, slot.numel);
         let d = if s.weight_decay != 0.0 {
             g + p.clone().mul_scalar(s.weight_decay)
@@ -188,7 +219,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let p = p - v.clone().mul_scalar(lr);
         self.velocity[self.index] = v;
         self.index += 1;
-        let updated = Tensor::from_inner(p.reshape(shape)).require_grad();
+        let updated = Tensor::from_inner(p.reshape(shape).cast(dtype)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
     }
 }

@@ -30,7 +30,8 @@ use crate::checkpoint::{
     TrainState, latest_valid, verify,
 };
 use crate::config::TrainConfig;
-use crate::optim::{FlatLayout, Sgd, StepSettings, clip_factor, flat_tensor, flatten_grads, learning_rate};
+use crate::optim::{FlatLayout, Sgd, StepSettings, compute_copy, flatten_grads, learning_rate};
+use crate::sync::GradSync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -97,12 +98,14 @@ const LOSS_SLOTS: usize = 6;
 const STOP_SLOT: usize = 1;
 
 /// Trains on this worker. Every rank calls it with the same config and its own collective;
-/// `control` (absent for a single local process) carries heartbeats, reports and commands.
+/// `control` (absent for a single local process) carries heartbeats, reports and commands;
+/// `grad_sync` says where the gradients are summed (host and `comm`, or on the device).
 pub fn train<B: AutodiffBackend>(
     cfg: &TrainConfig,
     resume: &Resume,
     comm: &mut dyn Collective,
     mut control: Option<&mut ControlClient>,
+    grad_sync: &mut GradSync<B::InnerBackend>,
     device: &B::Device,
 ) -> Result<RunSummary, TrainError> {
     let (rank, world) = (comm.rank(), comm.world_size());
@@ -162,6 +165,8 @@ pub fn train<B: AutodiffBackend>(
         let wait_before = loader.wait_seconds();
 
         // Data → forward → losses → backward, accumulated over this rank's micro-batches.
+        let copy = compute_copy(&model, cfg.train.precision);
+        let compute = copy.as_ref().unwrap_or(&model);
         let mut flat: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut losses = [0.0f32; LOSS_SLOTS];
         let mut samples = 0usize;
@@ -175,7 +180,7 @@ pub fn train<B: AutodiffBackend>(
             let labels =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [batch.shape[0]]), device);
             let t_forward = Instant::now();
-            let out = model.forward(images, Some(drop_key(cfg.run.seed, step, rank * accum + a)));
+            let out = compute.forward(images, Some(drop_key(cfg.run.seed, step, rank * accum + a)));
             let parts = swinfc_loss(&out, labels, &cfg.loss);
             let [s2, s3, s4] = &parts.stage_ce;
             for (slot, t) in
@@ -188,8 +193,8 @@ pub fn train<B: AutodiffBackend>(
             // Reading the losses waited for the forward pass, so this is its real duration on GPU too.
             forward += t_forward.elapsed();
             let t_backward = Instant::now();
-            let grads = GradientsParams::from_grads(parts.total.backward(), &model);
-            let g = flatten_grads(&model, &grads);
+            let grads = GradientsParams::from_grads(parts.total.backward(), compute);
+            let g = flatten_grads(compute, &grads);
             flat = Some(match flat {
                 Some(acc) => acc + g,
                 None => g,
@@ -201,40 +206,36 @@ pub fn train<B: AutodiffBackend>(
         }
         let t_sync = Instant::now();
 
-        // All-reduce gradients and losses together, then average over the global batch's micro-batches.
-        let mut buffer = flat
-            .expect("accum ≥ 1")
-            .into_data()
-            .to_vec::<f32>()
-            .expect("gradients are f32");
-        buffer.extend_from_slice(&losses);
-        buffer.push(f32::from(stop_after.is_some_and(|k| step + 1 >= k)));
+        // All-reduce gradients, losses and stop votes together, average over the global batch's
+        // micro-batches, clip.
+        let mut extra = losses.to_vec();
+        extra.push(f32::from(stop_after.is_some_and(|k| step + 1 >= k)));
         let t_allreduce = Instant::now();
-        comm.all_reduce_sum_f32(&mut buffer)?;
+        let synced = grad_sync.average(
+            flat.expect("accum ≥ 1"),
+            &extra,
+            world * accum,
+            cfg.train.grad_clip,
+            comm,
+        )?;
         let allreduce_seconds = t_allreduce.elapsed().as_secs_f64();
-        let stopping = buffer.pop().is_some_and(|votes| votes > 0.0);
-        let scale = 1.0 / (world * accum) as f32;
-        buffer.iter_mut().for_each(|v| *v *= scale);
-        let mean_losses: Vec<f32> = buffer.split_off(flat_len);
+        let (norm, mut mean_losses) = (synced.norm, synced.extra);
+        // Averaged like the losses: any rank's vote leaves it above 0.
+        let stopping = mean_losses.pop().is_some_and(|votes| votes > 0.0);
         let t_opt = Instant::now();
 
-        // Clip by the global norm, then step; a non-finite norm skips the step on every rank.
-        let norm = buffer.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+        // Step; a non-finite norm or loss skips the step on every rank.
         let lr = [cfg.train.lr_backbone, cfg.train.lr_new]
             .map(|base| learning_rate(step, base, cfg.train.warmup_steps, total));
         if norm.is_finite() && mean_losses.iter().all(|l| l.is_finite()) {
             nonfinite_streak = 0;
-            let factor = clip_factor(norm, cfg.train.grad_clip) as f32;
-            if factor != 1.0 {
-                buffer.iter_mut().for_each(|g| *g *= factor);
-            }
             let settings = StepSettings {
                 lr_backbone: lr[0],
                 lr_new: lr[1],
                 momentum: cfg.train.momentum,
                 weight_decay: cfg.train.weight_decay,
             };
-            model = sgd.step(model, flat_tensor(buffer, device), settings);
+            model = sgd.step(model, synced.grad, settings);
         } else {
             nonfinite_streak += 1;
             warn!(rank, step, norm, "non-finite loss or gradient: step skipped");
@@ -298,7 +299,9 @@ pub fn train<B: AutodiffBackend>(
             if let Some(control) = control.as_deref_mut() {
                 control.heartbeat(step, "eval")?;
             }
-            let result = evaluate(&model, &dataset, &data_cfg, cfg, step, comm, device)?;
+            let copy = compute_copy(&model, cfg.train.precision);
+            let compute = copy.as_ref().unwrap_or(&model);
+            let result = evaluate(compute, &dataset, &data_cfg, cfg, step, comm, device)?;
             info!(
                 rank,
                 step,

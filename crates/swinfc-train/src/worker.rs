@@ -1,14 +1,17 @@
 //! Process entry points: a worker of a launched job (identity from the environment, the control
 //! server and the TCP ring), or a lone local process. Both pick the backend at run time: CUDA
-//! when built with it and a GPU is visible, else Flex on the CPU.
+//! when built with it and a GPU is visible, else Flex on the CPU. On CUDA a launched worker sums
+//! its gradients with NCCL on the device, and `train.precision: bf16` computes in bf16 there.
 
 use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
 use swinfc_comm::{Collective, ControlClient, LocalCollective, TcpRing, WorkerIdentity};
+use swinfc_model::ConfigError;
 use tracing::info;
 
-use crate::config::TrainConfig;
+use crate::config::{Precision, TrainConfig};
+use crate::sync::GradSync;
 use crate::trainer::{Resume, RunSummary, TrainError, train};
 
 /// How long rendezvous and each collective may take before the worker gives up.
@@ -41,12 +44,54 @@ fn on_backend(
 ) -> Result<RunSummary, TrainError> {
     #[cfg(feature = "cuda")]
     if swinfc_model::backend::cuda_device_count() > 0 {
-        use burn::backend::{Cuda, cuda::CudaDevice};
-        info!("backend: cuda");
-        return train::<Autodiff<Cuda>>(cfg, resume, comm, control, &CudaDevice::new(0));
+        return on_cuda(cfg, resume, comm, control);
     }
-    info!("backend: cpu (flex)");
-    train::<Autodiff<Flex>>(cfg, resume, comm, control, &FlexDevice)
+    if cfg.train.precision != Precision::Fp32 {
+        return Err(ConfigError::new(
+            "train.precision",
+            "bf16 needs the CUDA backend (a build with the `cuda` feature and a visible GPU); \
+             this worker runs on the CPU (Flex), which trains in fp32 only",
+        )
+        .into());
+    }
+    info!("backend: cpu (flex), precision fp32, gradients summed on the host");
+    train::<Autodiff<Flex>>(cfg, resume, comm, control, &mut GradSync::Host, &FlexDevice)
+}
+
+/// GPU 0 (the launcher gives each worker its own through `CUDA_VISIBLE_DEVICES`).
+#[cfg(feature = "cuda")]
+fn on_cuda(
+    cfg: &TrainConfig,
+    resume: &Resume,
+    comm: &mut dyn Collective,
+    mut control: Option<&mut ControlClient>,
+) -> Result<RunSummary, TrainError> {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    use burn::tensor::{FloatDType, IntDType, set_default_dtypes};
+
+    use crate::sync::NcclAllReduce;
+
+    let device = CudaDevice::new(0);
+    if cfg.train.precision == Precision::Bf16 {
+        // Before the first tensor on the device: inputs, masks and the compute copy of the model
+        // are then bf16, while the master weights, gradients and momentum stay f32 (they are
+        // created as f32 explicitly).
+        set_default_dtypes::<Cuda>(&device, FloatDType::BF16, IntDType::I32)
+            .map_err(|e| ConfigError::new("train.precision", format!("bf16 on this GPU: {e:?}")))?;
+    }
+    let mut grad_sync = match control.as_deref_mut() {
+        Some(control) => GradSync::Device(Box::new(NcclAllReduce {
+            comm: swinfc_comm::nccl::NcclComm::connect(control, 0, COMM_TIMEOUT)?,
+            timeout: COMM_TIMEOUT,
+        })),
+        None => GradSync::Device(Box::new(LocalCollective)),
+    };
+    info!(
+        precision = ?cfg.train.precision,
+        gradients = if control.is_some() { "nccl" } else { "local" },
+        "backend: cuda"
+    );
+    train::<Autodiff<Cuda>>(cfg, resume, comm, control, &mut grad_sync, &device)
 }
 
 impl std::str::FromStr for Resume {
