@@ -4,7 +4,8 @@
 //! them (exit codes, heartbeats with phase-aware timeouts), restart rounds from the latest valid
 //! checkpoint, preemption signals (drain, save, exit 143, Slurm requeue), multi-node coordination
 //! (node 0 hosts the control server; the other nodes' launchers follow it over a token-checked
-//! link), the console (progress bar, rank-prefixed log lines) and per-rank log files.
+//! link), the console (progress bar, rank-prefixed log lines), per-rank log files, and feeding
+//! the workers' reports and its own events to the run's telemetry (swinfc-metrics serves them).
 //!
 //! Must not: hold tensors or run training code. Workers are separate `swinfc worker` processes;
 //! the launcher only reads the config, checkpoint manifests and the workers' reports.
