@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_yaml::Value;
 use swinfc_model::{ConfigError, LossConfig, ModelConfig, model_and_loss_from_yaml, swinfc_loss};
 
-use crate::optim::{FlatLayout, Sgd, StepSettings, clip_factor, flat_tensor, flatten_grads};
+use crate::optim::{FlatLayout, Sgd, StepSettings, clip_factor, flat_tensor, flatten_grads, global_norm};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ pub fn train_step<B: AutodiffBackend>(
             .convert::<f32>()
             .to_vec::<f32>()
             .expect("converted to f32");
-        let norm = buffer.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+        let norm = global_norm(&buffer);
         let factor = clip_factor(norm, 1.0) as f32;
         buffer.iter_mut().for_each(|g| *g *= factor);
         let t3 = Instant::now();

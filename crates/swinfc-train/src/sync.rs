@@ -6,11 +6,11 @@
 //! buffer on the device and sum it in place with NCCL, so a step never copies the gradients to
 //! the host; their collective still carries the start-up broadcasts, barriers and evaluation counts.
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 use swinfc_comm::{Collective, CommError, LocalCollective};
 
-use crate::optim::{clip_factor, flat_tensor};
+use crate::optim::{clip_factor, flat_tensor, global_norm};
 
 /// Sums a dense f32 flat tensor over ranks, in place on the device that holds it.
 pub trait DeviceAllReduce<B: Backend> {
@@ -74,12 +74,12 @@ impl<B: Backend> GradSync<B> {
         match self {
             GradSync::Host => {
                 // `extra` rides at the end of the gradient buffer, so one all-reduce serves both.
-                let mut buffer = flat.into_data().to_vec::<f32>().expect("gradients are f32");
+                let mut buffer = host_f32(flat);
                 buffer.extend_from_slice(extra);
                 comm.all_reduce_sum_f32(&mut buffer)?;
                 buffer.iter_mut().for_each(|v| *v *= scale);
                 let extra = buffer.split_off(len);
-                let norm = buffer.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+                let norm = global_norm(&buffer);
                 let factor = clip_factor(norm, max_norm) as f32;
                 if factor != 1.0 {
                     buffer.iter_mut().for_each(|g| *g *= factor);
@@ -91,36 +91,73 @@ impl<B: Backend> GradSync<B> {
                 })
             }
             GradSync::Device(all_reduce) => {
-                let extra = Tensor::from_data(
-                    TensorData::new(extra.to_vec(), [extra.len()]),
-                    (&device, DType::F32),
-                );
-                // `cat` gives the fresh dense buffer NCCL reduces in place (burn.md §10).
-                let buffer = Tensor::cat(vec![flat, extra], 0);
-                all_reduce.all_reduce_sum_in_place(&buffer)?;
-                let buffer = buffer.mul_scalar(scale);
-                let extra = buffer
-                    .clone()
-                    .narrow(0, len, buffer.dims()[0] - len)
-                    .into_data()
-                    .to_vec::<f32>()
-                    .expect("the buffer is f32");
-                let grad = buffer.narrow(0, 0, len);
-                let norm = grad
-                    .clone()
-                    .powi_scalar(2)
-                    .sum()
-                    .into_scalar()
-                    .elem::<f64>()
-                    .sqrt();
-                let factor = clip_factor(norm, max_norm);
+                // Two dense buffers summed in place, and no device-side norm: on CUDA the norm of
+                // a `narrow`ed view of one `cat` buffer came out as √(number of non-zero
+                // gradients) (README, known issues), so the norm is taken from a host copy, as on
+                // the CPU: one device-to-host copy of the gradient per step.
+                let extra_sum = flat_tensor(extra.to_vec(), &device);
+                all_reduce.all_reduce_sum_in_place(&flat)?;
+                all_reduce.all_reduce_sum_in_place(&extra_sum)?;
+                let mut extra = host_f32(extra_sum);
+                extra.iter_mut().for_each(|v| *v *= scale);
+                let grad = flat.mul_scalar(scale);
+                let norm = global_norm(&host_f32(grad.clone()));
+                let factor = clip_factor(norm, max_norm) as f32;
                 let grad = if factor != 1.0 {
-                    grad.mul_scalar(factor as f32)
+                    grad.mul_scalar(factor)
                 } else {
                     grad
                 };
                 Ok(Synced { grad, extra, norm })
             }
+        }
+    }
+}
+
+/// The values of an f32 tensor, on the host.
+fn host_f32<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().expect("gradient buffers are f32")
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Flex, flex::FlexDevice};
+
+    use super::*;
+
+    fn average(sync: &mut GradSync<Flex>, grad: &[f32], max_norm: f64) -> (Vec<f32>, Vec<f32>, f64) {
+        let flat = flat_tensor(grad.to_vec(), &FlexDevice);
+        let synced = sync
+            .average(flat, &[3.0, 1.0], 2, max_norm, &mut LocalCollective)
+            .expect("world size 1");
+        (host_f32(synced.grad), synced.extra, synced.norm)
+    }
+
+    /// The device path must agree with the host path CPU workers take, bit for bit, clipped or not.
+    #[test]
+    fn device_and_host_paths_average_and_clip_alike() {
+        let grad: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let expected_norm = grad
+            .iter()
+            .map(|g| f64::from(g / 2.0).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        for max_norm in [0.0, 1.0, 1e9] {
+            let host = average(&mut GradSync::Host, &grad, max_norm);
+            let device = average(&mut GradSync::Device(Box::new(LocalCollective)), &grad, max_norm);
+            assert_eq!(host, device, "max_norm {max_norm}");
+            let (clipped, extra, norm) = host;
+            assert_eq!(extra, vec![1.5, 0.5]);
+            assert!(
+                (norm - expected_norm).abs() < 1e-9 * expected_norm,
+                "{norm} vs {expected_norm}"
+            );
+            let clipped_norm = global_norm(&clipped);
+            let want = if max_norm == 1.0 { 1.0 } else { expected_norm };
+            assert!(
+                (clipped_norm - want).abs() < 1e-5 * want,
+                "{clipped_norm} vs {want}"
+            );
         }
     }
 }
