@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use swinfc_comm::{JobToken, ServerEvent, ServerHandle};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::workers::Round;
 use crate::{LaunchError, Plan};
@@ -86,9 +86,15 @@ impl Nodes {
         }
     }
 
-    /// Waits until every other node's launcher has joined.
-    pub fn wait_joined(&self, server: &ServerHandle, timeout: Duration) -> Result<(), LaunchError> {
+    /// Waits until every other node's launcher has joined. The other events that came meanwhile
+    /// are returned, for the supervisor to handle as if it had read them itself.
+    pub fn wait_joined(
+        &self,
+        server: &ServerHandle,
+        timeout: Duration,
+    ) -> Result<Vec<ServerEvent>, LaunchError> {
         let deadline = Instant::now() + timeout;
+        let mut others = Vec::new();
         while server.connected_nodes().len() < self.others.len() {
             if Instant::now() > deadline {
                 return Err(LaunchError::Failed(format!(
@@ -100,13 +106,11 @@ impl Nodes {
             }
             match server.events().recv_timeout(Duration::from_millis(100)) {
                 Ok(ServerEvent::NodeJoined { node, peer }) => info!(node, %peer, "node joined"),
-                Ok(ServerEvent::BadToken { peer }) => {
-                    warn!(%peer, "a connection with a wrong job token was refused")
-                }
-                _ => {}
+                Ok(event) => others.push(event),
+                Err(_) => {}
             }
         }
-        Ok(())
+        Ok(others)
     }
 
     pub fn start(&self, server: &ServerHandle, round: &Round) {
@@ -118,10 +122,12 @@ impl Nodes {
     }
 
     /// Tells every follower to stop its workers, and waits (up to the grace period and a bit)
-    /// until each says they are gone, so the next round never meets an old worker.
-    pub fn stop(&self, server: &ServerHandle, grace: Duration) {
+    /// until each says they are gone, so the next round never meets an old worker. The other
+    /// events that came meanwhile (a checkpoint finishing, a follower's signal) are returned.
+    pub fn stop(&self, server: &ServerHandle, grace: Duration) -> Vec<ServerEvent> {
+        let mut others = Vec::new();
         if self.others.is_empty() {
-            return;
+            return others;
         }
         for &node in &self.others {
             server.send_node(node, json!({"cmd": "stop"}));
@@ -136,9 +142,11 @@ impl Nodes {
                     stopped += 1
                 }
                 Ok(ServerEvent::NodeGone { .. }) => stopped += 1,
-                _ => {}
+                Ok(event) => others.push(event),
+                Err(_) => {}
             }
         }
+        others
     }
 
     pub fn exit(&self, server: &ServerHandle, outcome: &str, reason: &str) {
@@ -149,5 +157,41 @@ impl Nodes {
         if !self.others.is_empty() {
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use swinfc_comm::{ControlServer, NodeClient};
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A follower's signal that arrives while node 0 waits for it to stop its workers is handed
+    /// back, not swallowed: a SIGTERM on another node during a restart must still drain the job.
+    #[test]
+    fn stop_hands_back_the_events_it_does_not_wait_for() {
+        let token = JobToken::generate().unwrap();
+        let server =
+            ControlServer::spawn_in_thread("127.0.0.1:0".parse().unwrap(), token.clone(), 2, 0).unwrap();
+        let port = server.local_addr().port();
+        let follower = std::thread::spawn(move || {
+            let mut link = NodeClient::connect("127.0.0.1", port, &token, 1, T).unwrap();
+            assert_eq!(link.recv_timeout(T).unwrap(), Some(json!({"cmd": "stop"})));
+            link.send(json!({"kind": "signal", "name": "SIGTERM"})).unwrap();
+            link.send(json!({"kind": "stopped"})).unwrap();
+            // Hold the link until node 0 has read both.
+            let _ = link.recv_timeout(T);
+        });
+        let nodes = Nodes::new(2);
+        assert!(nodes.wait_joined(&server, T).unwrap().is_empty());
+        let others = nodes.stop(&server, Duration::from_secs(1));
+        nodes.exit(&server, "finished", "test");
+        follower.join().unwrap();
+        assert!(
+            matches!(&others[..], [ServerEvent::NodeReport { node: 1, record }] if record["kind"] == "signal"),
+            "{others:?}"
+        );
     }
 }

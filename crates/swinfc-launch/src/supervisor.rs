@@ -174,7 +174,8 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
 
 impl Supervisor<'_> {
     fn run_rounds(&mut self, token: &JobToken, port: u16) -> Result<Outcome, LaunchError> {
-        self.nodes.wait_joined(&self.server, self.opts.setup_timeout)?;
+        let early = self.nodes.wait_joined(&self.server, self.opts.setup_timeout)?;
+        self.unwatched(early);
         let master_addr = if self.plan.nnodes > 1 {
             self.opts.master_addr.clone()
         } else {
@@ -300,7 +301,8 @@ impl Supervisor<'_> {
                     stop_after = drain.stop_after,
                     "the drain did not finish in time: stopping the workers; the previous checkpoint stands"
                 );
-                self.nodes.stop(&self.server, self.opts.grace_period);
+                let late = self.nodes.stop(&self.server, self.opts.grace_period);
+                self.unwatched(late);
                 group.stop(Duration::ZERO);
                 return End::Drained;
             }
@@ -497,9 +499,19 @@ impl Supervisor<'_> {
         ));
         self.set_state(RunState::Restarting);
         self.server.broadcast_command(ServerCommand::Abort);
-        self.nodes.stop(&self.server, self.opts.grace_period);
+        let late = self.nodes.stop(&self.server, self.opts.grace_period);
+        self.unwatched(late);
         group.stop(self.opts.grace_period);
         End::Failed(failure)
+    }
+
+    /// Events read while no round was being watched (waiting for the other nodes to join or to
+    /// stop): their reports, checkpoints and signals still count, but a failure they announce
+    /// has nothing left to stop.
+    fn unwatched(&mut self, events: Vec<ServerEvent>) {
+        for event in events {
+            let _ = self.on_event(event, &mut [], &mut Vec::new());
+        }
     }
 
     /// The checkpoint a new round starts from: the newest this job committed, if it verifies,
