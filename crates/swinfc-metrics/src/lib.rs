@@ -4,7 +4,7 @@
 //! Owns: metric names, types, labels and buckets ([`catalogue`]), the schema of the records workers
 //! report ([`record`]), turning them into metrics and event lines ([`Telemetry`]), and the SVG
 //! report ([`plot`]). Must not: spawn processes, hold tensors, or know the training loop — the
-//! launcher calls [`Telemetry`] with what it sees, and the worker only sends JSON records.
+//! launcher calls [`Telemetry`] with what it sees, and the worker sends [`record`] values.
 
 pub mod catalogue;
 mod http;

@@ -1,22 +1,23 @@
 //! The records a worker sends its launcher (`ControlClient::report`), one JSON object each, told
-//! apart by `kind`. `swinfc-train` builds them with `serde_json::json!`; these types are the
-//! schema, and [`crate::Telemetry::report`] parses them.
+//! apart by `kind`. `swinfc-train` builds these types and serialises them; [`crate::Telemetry::report`]
+//! parses them back.
 //!
 //! ```json
-//! {"kind": "step", "rank": 0, "step": 12, "samples": 8, "epoch": 0, "epoch_progress_ratio": 0.4,
+//! {"kind": "step", "step": 12, "samples": 8, "epoch": 0, "epoch_progress_ratio": 0.4,
 //!  "loss": 2.31, "loss_components": {"backbone_ce": 2.0, "stage2_ce": 2.1, "stage3_ce": 2.2,
 //!                                    "stage4_ce": 2.3, "contrastive": 0.05},
 //!  "lr": {"backbone": 0.0004, "new": 0.004}, "grad_norm": 1.7, "nonfinite": 0, "seconds": 0.52,
 //!  "phases": {"data_wait": 0.01, "forward": 0.2, "backward": 0.25, "grad_sync": 0.04,
 //!             "optimizer": 0.01, "other": 0.01},
 //!  "allreduce_seconds": 0.03, "allreduce_bytes": 4000000, "skipped": {"truncated": 1}}
-//! {"kind": "eval", "rank": 0, "split": "test", "result": {"step": 12, "samples": 100,
+//! {"kind": "eval", "split": "test", "result": {"step": 12, "samples": 100,
 //!  "combined": 0.5, "backbone": 0.4, "stage2": 0.1, "stage3": 0.2, "stage4": 0.3}}
-//! {"kind": "checkpoint", "rank": 0, "ok": true, "step": 12, "reason": "periodic",
+//! {"kind": "checkpoint", "ok": true, "step": 12, "reason": "periodic",
 //!  "bytes": 1234, "blocking_seconds": 0.2, "write_seconds": 1.1, "total_seconds": 1.3}
-//! {"kind": "checkpoint", "rank": 0, "ok": false, "step": 12, "reason": "periodic",
-//!  "blocking_seconds": 0.2, "error": "..."}
+//! {"kind": "checkpoint", "ok": false, "step": 12, "reason": "periodic", "bytes": 0,
+//!  "blocking_seconds": 0.2, "write_seconds": 0.0, "total_seconds": 0.0, "error": "..."}
 //! ```
+//! The sender's rank is not in the record: the control connection it arrives on says it.
 //! - `step`: the optimizer steps completed after this one. `loss`, `loss_components` and
 //!   `grad_norm` are already means over all ranks (they travel in the gradient all-reduce), `null`
 //!   when not finite; `nonfinite` is 1 when this step was skipped for a non-finite loss or gradient.
@@ -31,10 +32,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One worker record.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Record {
     Step(StepRecord),
@@ -42,7 +43,7 @@ pub enum Record {
     Checkpoint(CheckpointRecord),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: u64,
     pub samples: u64,
@@ -61,7 +62,7 @@ pub struct StepRecord {
     pub skipped: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LossComponents {
     pub backbone_ce: Option<f64>,
     pub stage2_ce: Option<f64>,
@@ -83,13 +84,13 @@ impl LossComponents {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LearningRates {
     pub backbone: f64,
     pub new: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Phases {
     pub data_wait: f64,
     pub forward: f64,
@@ -113,14 +114,14 @@ impl Phases {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub split: String,
     pub result: EvalResult,
 }
 
-/// Top-1 of each head; the same fields as `swinfc_train::EvalResult`.
-#[derive(Debug, Clone, Deserialize)]
+/// Top-1 accuracy of each head on the evaluated split (`swinfc_train::evaluate`'s result).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalResult {
     pub step: u64,
     pub samples: u64,
@@ -144,7 +145,7 @@ impl EvalResult {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointRecord {
     pub ok: bool,
     pub step: u64,

@@ -11,11 +11,14 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use swinfc_comm::{Collective, CommError, ControlClient, ServerCommand};
 use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, TrainStream, eval_shard, open_dataset,
+};
+pub use swinfc_metrics::record::EvalResult;
+use swinfc_metrics::record::{
+    CheckpointRecord, EvalRecord, LearningRates, LossComponents, Phases, Record, StepRecord,
 };
 use swinfc_model::drop_path::splitmix64;
 use swinfc_model::weights::{
@@ -68,18 +71,6 @@ pub enum Resume {
     Path(PathBuf),
 }
 
-/// Top-1 accuracy of each head on the evaluated split.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalResult {
-    pub step: u64,
-    pub samples: u64,
-    pub combined: f64,
-    pub backbone: f64,
-    pub stage2: f64,
-    pub stage3: f64,
-    pub stage4: f64,
-}
-
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -90,7 +81,7 @@ pub struct RunSummary {
     pub preempted: bool,
 }
 
-/// The six loss values carried at the end of the gradient buffer, so one all-reduce serves both.
+/// The six loss values ride in the gradient all-reduce (at the end of its buffer on the CPU).
 const LOSS_SLOTS: usize = 6;
 /// One more slot after the losses: how many ranks hold the launcher's stop request. Voting in the
 /// step's own all-reduce makes every rank stop after the same step, however late each one read
@@ -250,7 +241,7 @@ pub fn train<B: AutodiffBackend>(
 
         // Metrics.
         let data_wait = loader.wait_seconds() - wait_before;
-        // Only a launched worker has someone to report to. Schema: swinfc_metrics::record.
+        // Only a launched worker has someone to report to.
         if let Some(control) = control.as_deref_mut() {
             let seconds = (t_end - t_step).as_secs_f64();
             let [forward, backward] = [forward, backward].map(|d| d.as_secs_f64());
@@ -258,27 +249,44 @@ pub fn train<B: AutodiffBackend>(
             let other = (seconds - data_wait - forward - backward - grad_sync - optimizer).max(0.0);
             let train_len = stream.train_len().max(1) as u64;
             let skips = loader.skip_counts();
-            let skipped: BTreeMap<&String, u64> = skips
+            let skipped: BTreeMap<String, u64> = skips
                 .iter()
-                .map(|(reason, n)| (reason, n - skips_reported.get(reason).unwrap_or(&0)))
+                .map(|(reason, n)| (reason.clone(), n - skips_reported.get(reason).unwrap_or(&0)))
                 .filter(|(_, n)| *n > 0)
                 .collect();
-            let record = serde_json::json!({
-                "kind": "step", "rank": rank, "step": step, "samples": samples,
-                "epoch": stream.epoch_of(position),
-                "epoch_progress_ratio": (position % train_len) as f64 / train_len as f64,
-                "loss": mean_losses[0], "loss_components": {
-                    "backbone_ce": mean_losses[1], "stage2_ce": mean_losses[2], "stage3_ce": mean_losses[3],
-                    "stage4_ce": mean_losses[4], "contrastive": mean_losses[5] },
-                "lr": {"backbone": lr[0], "new": lr[1]}, "grad_norm": norm,
-                "nonfinite": u32::from(nonfinite_streak > 0),
-                "seconds": seconds,
-                "phases": { "data_wait": data_wait, "forward": forward, "backward": backward,
-                    "grad_sync": grad_sync, "optimizer": optimizer, "other": other },
-                "allreduce_seconds": allreduce_seconds, "allreduce_bytes": (flat_len + LOSS_SLOTS + STOP_SLOT) * 4,
-                "skipped": skipped,
+            let record = Record::Step(StepRecord {
+                step,
+                samples: samples as u64,
+                epoch: stream.epoch_of(position),
+                epoch_progress_ratio: (position % train_len) as f64 / train_len as f64,
+                loss: finite(mean_losses[0]),
+                loss_components: LossComponents {
+                    backbone_ce: finite(mean_losses[1]),
+                    stage2_ce: finite(mean_losses[2]),
+                    stage3_ce: finite(mean_losses[3]),
+                    stage4_ce: finite(mean_losses[4]),
+                    contrastive: finite(mean_losses[5]),
+                },
+                lr: LearningRates {
+                    backbone: lr[0],
+                    new: lr[1],
+                },
+                grad_norm: finite(norm),
+                nonfinite: u64::from(nonfinite_streak > 0),
+                seconds,
+                phases: Phases {
+                    data_wait,
+                    forward,
+                    backward,
+                    grad_sync,
+                    optimizer,
+                    other,
+                },
+                allreduce_seconds,
+                allreduce_bytes: ((flat_len + LOSS_SLOTS + STOP_SLOT) * 4) as u64,
+                skipped,
             });
-            control.report(record)?;
+            report(control, record)?;
             skips_reported = skips;
         }
         if rank == 0 && (step % cfg.metrics.log_every.max(1) == 0 || step == total) {
@@ -311,8 +319,12 @@ pub fn train<B: AutodiffBackend>(
                 "eval"
             );
             if let Some(control) = control.as_deref_mut() {
-                control.report(
-                    serde_json::json!({"kind": "eval", "rank": rank, "split": "test", "result": result}),
+                report(
+                    control,
+                    Record::Eval(EvalRecord {
+                        split: "test".into(),
+                        result,
+                    }),
                 )?;
             }
             best = Some(best.map_or(result.combined, |b: f64| b.max(result.combined)));
@@ -503,34 +515,54 @@ fn checkpoint_data<B: AutodiffBackend>(
     }
 }
 
-/// Rank 0's finished saves, logged and reported (schema: swinfc_metrics::record).
+/// Rank 0's finished saves, logged and reported.
 fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient>) -> Result<(), TrainError> {
     for result in results {
         let record = match result {
             Ok(saved) => {
                 info!(step = saved.state.step, dir = %saved.dir.display(), bytes = saved.bytes, "checkpoint saved");
-                serde_json::json!({
-                    "kind": "checkpoint", "rank": 0, "ok": true, "step": saved.state.step,
-                    "reason": saved.reason.as_str(), "bytes": saved.bytes,
-                    "blocking_seconds": saved.blocking_seconds, "write_seconds": saved.write_seconds,
-                    "total_seconds": saved.total_seconds,
+                Record::Checkpoint(CheckpointRecord {
+                    ok: true,
+                    step: saved.state.step,
+                    reason: saved.reason.as_str().into(),
+                    bytes: saved.bytes,
+                    blocking_seconds: saved.blocking_seconds,
+                    write_seconds: saved.write_seconds,
+                    total_seconds: saved.total_seconds,
+                    error: None,
                 })
             }
             // A failed save keeps the previous checkpoints; training goes on and says so.
             Err(failed) => {
                 warn!(error = %failed.error, "checkpoint failed; the previous one is intact");
-                serde_json::json!({
-                    "kind": "checkpoint", "rank": 0, "ok": false, "step": failed.step,
-                    "reason": failed.reason.as_str(), "blocking_seconds": failed.blocking_seconds,
-                    "error": failed.error.to_string(),
+                Record::Checkpoint(CheckpointRecord {
+                    ok: false,
+                    step: failed.step,
+                    reason: failed.reason.as_str().into(),
+                    bytes: 0,
+                    blocking_seconds: failed.blocking_seconds,
+                    write_seconds: 0.0,
+                    total_seconds: 0.0,
+                    error: Some(failed.error.to_string()),
                 })
             }
         };
         if let Some(control) = control.as_deref_mut() {
-            control.report(record)?;
+            report(control, record)?;
         }
     }
     Ok(())
+}
+
+/// Sends one record to the launcher.
+fn report(control: &mut ControlClient, record: Record) -> Result<(), TrainError> {
+    let value = serde_json::to_value(record).expect("records have string keys and no custom serialisers");
+    Ok(control.report(value)?)
+}
+
+/// A mean that records carry as `null` when it is not finite.
+fn finite(x: impl Into<f64>) -> Option<f64> {
+    Some(x.into()).filter(|x| x.is_finite())
 }
 
 /// Top-1 of every head on this rank's shard of the test split, summed over ranks.
