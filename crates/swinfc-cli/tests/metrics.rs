@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use swinfc_metrics::catalogue::CATALOGUE;
 
+#[path = "../../../tests/support/promtool.rs"]
+mod promtool;
+use promtool::promtool;
+
 const STEPS: f64 = 16.0;
 const GLOBAL_BATCH: f64 = 8.0;
 const TEST_SIZE: f64 = 8.0;
@@ -76,36 +80,9 @@ fn wait_for(addr: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
 
 /// `promtool check metrics` finds nothing (when promtool is installed; CI requires it).
 fn promtool_check(text: &str) {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert_ne!(
-            std::env::var("SWINFC_REQUIRE_PROMTOOL").as_deref(),
-            Ok("1"),
-            "promtool is not on PATH"
-        );
-        return;
+    if let Some(findings) = promtool(&["check", "metrics"], text) {
+        assert!(findings.trim().is_empty(), "promtool check metrics:\n{findings}");
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let findings = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && findings.trim().is_empty(),
-        "promtool check metrics:\n{findings}"
-    );
 }
 
 /// The pid of the worker of `rank` under `launcher`.

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use swinfc_metrics::{CATALOGUE, Kind};
+
+#[path = "../../../tests/support/promtool.rs"]
+mod promtool;
+use promtool::promtool;
 
 fn dashboards() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dashboards")
@@ -195,23 +198,10 @@ fn the_json_model_has_what_grafana_requires() {
 fn prometheus_config_is_valid() {
     let config = read("prometheus/prometheus.yml");
     assert!(config.contains("file_sd_configs") && config.contains(swinfc_metrics::TARGETS_FILE));
-    let Ok(out) = Command::new("promtool")
-        .args(["check", "config", "--syntax-only"])
-        .arg(dashboards().join("prometheus/prometheus.yml"))
-        .output()
-    else {
-        assert_ne!(
-            std::env::var("SWINFC_REQUIRE_PROMTOOL").as_deref(),
-            Ok("1"),
-            "SWINFC_REQUIRE_PROMTOOL=1 but promtool is not on PATH"
-        );
-        return;
-    };
-    assert!(
-        out.status.success(),
-        "promtool check config:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let config = dashboards().join("prometheus/prometheus.yml");
+    promtool(
+        &["check", "config", "--syntax-only", &config.display().to_string()],
+        "",
     );
 }
 
@@ -219,15 +209,6 @@ fn prometheus_config_is_valid() {
 /// variables replaced by what Grafana would interpolate.
 #[test]
 fn panel_queries_are_valid_promql() {
-    let Ok(version) = Command::new("promtool").arg("--version").output() else {
-        assert_ne!(
-            std::env::var("SWINFC_REQUIRE_PROMTOOL").as_deref(),
-            Ok("1"),
-            "SWINFC_REQUIRE_PROMTOOL=1 but promtool is not on PATH"
-        );
-        return;
-    };
-    assert!(version.status.success());
     let dashboard = dashboard();
     let mut rules = Vec::new();
     for panel in panels(&dashboard) {
@@ -246,15 +227,5 @@ fn panel_queries_are_valid_promql() {
     let file = tempfile::Builder::new().suffix(".yml").tempfile().unwrap();
     let groups = serde_json::json!({"groups": [{"name": "panels", "rules": rules}]});
     std::fs::write(file.path(), groups.to_string()).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(file.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool(&["check", "rules", &file.path().display().to_string()], "");
 }
