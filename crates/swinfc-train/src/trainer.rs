@@ -602,6 +602,17 @@ pub fn evaluate<B: AutodiffBackend>(
     }
     comm.all_reduce_sum_f32(&mut counts)?;
     let samples = counts[5] as u64;
+    let split = dataset.test.len() as u64;
+    if samples != split && comm.rank() == 0 {
+        // The loader skipped unreadable images: the accuracy is over the ones it could read.
+        warn!(
+            step,
+            samples,
+            split,
+            "evaluation covered {} fewer images than the split has",
+            split.saturating_sub(samples)
+        );
+    }
     let acc = |c: f32| {
         if samples == 0 {
             0.0
