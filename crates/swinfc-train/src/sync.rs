@@ -3,8 +3,9 @@
 //! global norm.
 //!
 //! CPU workers go through host memory and the [`Collective`] (the TCP ring). GPU workers keep the
-//! buffer on the device and sum it in place with NCCL, so a step never copies the gradients to
-//! the host; their collective still carries the start-up broadcasts, barriers and evaluation counts.
+//! buffer on the device and sum it in place with NCCL; only the norm is taken from a host copy
+//! (see [`GradSync::average`]). Their collective still carries the start-up broadcasts, barriers
+//! and evaluation counts.
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
