@@ -95,7 +95,8 @@ impl<B: Backend> GradSync<B> {
                 // Two dense buffers summed in place, and no device-side norm: on CUDA the norm of
                 // a `narrow`ed view of one `cat` buffer came out as √(number of non-zero
                 // gradients) (README, known issues), so the norm is taken from a host copy, as on
-                // the CPU: one device-to-host copy of the gradient per step.
+                // the CPU: one device-to-host copy of the gradient per step. `flat` is this call's
+                // own dense buffer (a `cat`, or the sum of two), so NCCL may write it in place.
                 let extra_sum = flat_tensor(extra.to_vec(), &device);
                 all_reduce.all_reduce_sum_in_place(&flat)?;
                 all_reduce.all_reduce_sum_in_place(&extra_sum)?;
