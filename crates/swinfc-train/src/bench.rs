@@ -12,9 +12,11 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use serde::Serialize;
 use serde_yaml::Value;
+use swinfc_comm::LocalCollective;
 use swinfc_model::{ConfigError, LossConfig, ModelConfig, model_and_loss_from_yaml, swinfc_loss};
 
-use crate::optim::{FlatLayout, Sgd, StepSettings, clip_factor, flat_tensor, flatten_grads, global_norm};
+use crate::optim::{FlatLayout, Sgd, StepSettings, flatten_grads};
+use crate::sync::GradSync;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -148,17 +150,12 @@ pub fn train_step<B: AutodiffBackend>(
         let grads = GradientsParams::from_grads(parts.total.backward(), &model);
         B::sync(device).expect("the device is healthy");
         let t2 = Instant::now();
-        let flat = flatten_grads(&model, &grads);
-        let mut buffer = flat
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("converted to f32");
-        let norm = global_norm(&buffer);
-        let factor = clip_factor(norm, 1.0) as f32;
-        buffer.iter_mut().for_each(|g| *g *= factor);
+        // A CPU worker's gradient path at world size 1: host copy, norm, clip.
+        let synced = GradSync::Host
+            .average(flatten_grads(&model, &grads), &[], 1, 1.0, &mut LocalCollective)
+            .expect("world size 1 has no peers to fail");
         let t3 = Instant::now();
-        model = sgd.step(model, flat_tensor(buffer, device), step_settings);
+        model = sgd.step(model, synced.grad, step_settings);
         B::sync(device).expect("the device is healthy");
         let t4 = Instant::now();
         if step >= settings.warmup {

@@ -257,17 +257,3 @@ pub fn learning_rate(step: u64, base: f64, warmup: u64, total: u64) -> f64 {
     let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
     0.5 * base * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
 }
-
-/// Global L2 norm of the flat gradient, accumulated in f64.
-pub fn global_norm(grad: &[f32]) -> f64 {
-    grad.iter().map(|g| f64::from(*g).powi(2)).sum::<f64>().sqrt()
-}
-
-/// The factor torch's `clip_grad_norm_` scales the gradient by, given its global norm.
-pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
-    if max_norm > 0.0 && norm > max_norm {
-        max_norm / (norm + 1e-6)
-    } else {
-        1.0
-    }
-}

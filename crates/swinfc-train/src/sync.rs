@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use swinfc_comm::{Collective, CommError, LocalCollective};
 
-use crate::optim::{clip_factor, flat_tensor, global_norm};
+use crate::optim::flat_tensor;
 
 /// Sums a dense f32 flat tensor over ranks, in place on the device that holds it.
 pub trait DeviceAllReduce<B: Backend> {
@@ -113,6 +113,20 @@ impl<B: Backend> GradSync<B> {
                 Ok(Synced { grad, extra, norm })
             }
         }
+    }
+}
+
+/// Global L2 norm of the flat gradient, accumulated in f64.
+fn global_norm(grad: &[f32]) -> f64 {
+    grad.iter().map(|g| f64::from(*g).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The factor torch's `clip_grad_norm_` scales the gradient by, given its global norm.
+fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
     }
 }
 
