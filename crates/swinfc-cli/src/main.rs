@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
-use swinfc_model::{LossConfig, ModelConfig, model_and_loss_from_yaml};
+use swinfc_model::{LossConfig, ModelConfig, TrainBackend, model_and_loss_from_yaml};
 use swinfc_train::bench::{self, BenchSettings};
 use swinfc_train::{Resume, RunSummary, TrainConfig, inference};
 use tracing::info;
@@ -269,7 +268,7 @@ fn read_config(path: &Path) -> Result<(ModelConfig, LossConfig)> {
     model_and_loss_from_yaml(&doc).with_context(|| format!("in {}", path.display()))
 }
 
-fn forward<B: AutodiffBackend>(args: &ForwardArgs, dev: &B::Device) -> Result<()> {
+fn forward<B: TrainBackend>(args: &ForwardArgs, dev: &B::Device) -> Result<()> {
     let (model_cfg, loss_cfg) = read_config(&args.config)?;
     let model = model_cfg.init::<B>(0, dev);
     let (model, convert, load) = weights::load_pretrained(model, &args.weights)?;

@@ -4,8 +4,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig1d, PaddingConfig2d};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, backend::Backend};
+
+use crate::fused::{FusedOps, softmax};
 
 /// EA (eq. 1–3): a k=3 conv to M memory units over the raster token sequence, EANet's double
 /// normalisation, a k=1 conv back to D, and a residual.
@@ -36,7 +37,9 @@ impl<B: Backend> ExternalAttention<B> {
                 .init(dev),
         }
     }
+}
 
+impl<B: FusedOps> ExternalAttention<B> {
     /// x [B, N, D] → X̃ [B, N, D] (the residual is added by [`Eaca`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let a = self.mk.forward(x.swap_dims(1, 2)); // [B, M, N]
@@ -66,7 +69,9 @@ impl<B: Backend> CrossSpatialAttention<B> {
                 .init(dev),
         }
     }
+}
 
+impl<B: FusedOps> CrossSpatialAttention<B> {
     /// x [B, N, D] on an H×W grid → X ⊙ (A_H + A_W) [B, N, D].
     pub fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
@@ -90,7 +95,9 @@ impl<B: Backend> Eaca<B> {
             ca: CrossSpatialAttention::new(dim, dev),
         }
     }
+}
 
+impl<B: FusedOps> Eaca<B> {
     /// x [B, H·W, D] → X_ea + X_ca = X + X̃ + X ⊙ (A_H + A_W), [B, H·W, D].
     pub fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
         x.clone() + self.ea.forward(x.clone()) + self.ca.forward(x, h, w)

@@ -2,11 +2,12 @@
 //! Each stage receives, at each of its positions, the other stages' content weighted by a softmax
 //! of *negative* cosine similarity, i.e. the content least like its own.
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::fused::{FusedOps, softmax};
+
 /// [X_s2, X_s3, X_s4] (each [B, N_k, D]) → [X̂_s2, X̂_s3, X̂_s4], every term from the un-fused inputs.
-pub fn ffm<B: Backend>(x: [Tensor<B, 3>; 3], scale: f64) -> [Tensor<B, 3>; 3] {
+pub fn ffm<B: FusedOps>(x: [Tensor<B, 3>; 3], scale: f64) -> [Tensor<B, 3>; 3] {
     let mut fused = x.clone();
     for (i, j) in [(0, 1), (0, 2), (1, 2)] {
         let (to_j, to_i) = exchange(x[i].clone(), x[j].clone());
@@ -17,7 +18,7 @@ pub fn ffm<B: Backend>(x: [Tensor<B, 3>; 3], scale: f64) -> [Tensor<B, 3>; 3] {
 }
 
 /// x_i [B, N_i, D], x_j [B, N_j, D] → (X^{s_i}_{s_j} [B, N_j, D], X^{s_j}_{s_i} [B, N_i, D]).
-fn exchange<B: Backend>(x_i: Tensor<B, 3>, x_j: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+fn exchange<B: FusedOps>(x_i: Tensor<B, 3>, x_j: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let s = l2_normalize(x_i.clone())
         .matmul(l2_normalize(x_j.clone()).swap_dims(1, 2))
         .neg(); // [B, N_i, N_j] = −cos

@@ -10,6 +10,7 @@ pub mod drop_path;
 pub mod eaca;
 pub mod ffm;
 pub mod fsm;
+pub mod fused;
 pub mod loss;
 pub mod model;
 pub mod probe;
@@ -17,5 +18,6 @@ pub mod swin;
 pub mod weights;
 
 pub use config::{ConfigError, LossConfig, ModelConfig, StageGeometry, model_and_loss_from_yaml};
+pub use fused::{FusedKernels, FusedOps, TrainBackend};
 pub use loss::{LossParts, swinfc_loss};
 pub use model::{ParamGroup, SwinFc, SwinFcOutput};

@@ -11,6 +11,7 @@ use crate::config::{ModelConfig, StageGeometry};
 use crate::eaca::Eaca;
 use crate::ffm::ffm;
 use crate::fsm::{AttentionMap, pool_selected, select_tokens};
+use crate::fused::{FusedOps, layer_norm as norm};
 use crate::swin::{PatchEmbed, PatchMerging, SwinBlock, SwinStage, layer_norm, linear};
 
 /// One module per branch stage; the field names give `branch_proj.s2…`, `eaca.s4…` (§2.3).
@@ -51,9 +52,9 @@ pub struct BranchHead<B: Backend> {
     pub fc: Linear<B>,
 }
 
-impl<B: Backend> BranchHead<B> {
+impl<B: FusedOps> BranchHead<B> {
     fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        self.fc.forward(mean_tokens(self.norm.forward(tokens)))
+        self.fc.forward(mean_tokens(norm(&self.norm, tokens)))
     }
 }
 
@@ -161,7 +162,7 @@ impl ModelConfig {
     }
 }
 
-impl<B: Backend> SwinFc<B> {
+impl<B: FusedOps> SwinFc<B> {
     /// images [B, 3, H, W] → logits of every head and FSM's selection. `drop_key` enables
     /// stochastic depth for training (see [`crate::drop_path`]); `None` is evaluation.
     pub fn forward(&self, images: Tensor<B, 4>, drop_key: Option<u64>) -> SwinFcOutput<B> {
@@ -176,14 +177,14 @@ impl<B: Backend> SwinFc<B> {
             }
             last_maps = maps;
         }
-        let tokens = self.norm.forward(flatten_tokens(x)); // [B, N₄, C₄]
+        let tokens = norm(&self.norm, flatten_tokens(x)); // [B, N₄, C₄]
         let logits_swin = self.head.fc.forward(mean_tokens(tokens.clone()));
 
         // Branches: project to width D, EACA, then FFM across stages, then per-stage heads.
         let branches: [Tensor<B, 3>; 3] = std::array::from_fn(|k| {
             let side = self.stages[k + 1].resolution;
             let proj = self.branch_proj.each()[k];
-            let t = proj.fc.forward(proj.norm.forward(taps[k].clone())); // [B, N_k, D]
+            let t = proj.fc.forward(norm(&proj.norm, taps[k].clone())); // [B, N_k, D]
             self.eaca.each()[k].forward(t, side, side)
         });
         let fused = ffm(branches, self.ffm_scale);

@@ -14,6 +14,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::config::LossConfig;
+use crate::fused::TrainBackend;
 use crate::loss::swinfc_loss;
 use crate::model::SwinFc;
 use crate::weights::{WeightsError, file_error, state_dict};
@@ -105,7 +106,7 @@ pub fn write_probe_output(path: &Path, tensors: &BTreeMap<String, ProbeTensor>) 
 
 /// Runs the model in evaluation mode (no drop-path) and returns the named outputs; with `grads`,
 /// also `grad.<name>` (PyTorch layout) of every parameter from backward of `loss.total`.
-pub fn probe<B: AutodiffBackend>(
+pub fn probe<B: TrainBackend>(
     model: &SwinFc<B>,
     input: ProbeInput,
     loss_cfg: &LossConfig,

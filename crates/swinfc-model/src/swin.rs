@@ -5,11 +5,11 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::config::StageGeometry;
 use crate::drop_path::drop_path;
+use crate::fused::{FusedOps, LAYER_NORM_EPS, gelu, layer_norm as norm, window_softmax};
 
 /// The mask value timm adds between tokens of different shifted regions.
 const MASKED: f32 = -100.0;
@@ -24,7 +24,7 @@ pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, dev: &B:
 }
 
 pub(crate) fn layer_norm<B: Backend>(d: usize, dev: &B::Device) -> LayerNorm<B> {
-    LayerNormConfig::new(d).with_epsilon(1e-5).init(dev)
+    LayerNormConfig::new(d).with_epsilon(LAYER_NORM_EPS).init(dev)
 }
 
 #[derive(Module, Debug)]
@@ -42,10 +42,12 @@ impl<B: Backend> PatchEmbed<B> {
             norm: layer_norm(dim, dev),
         }
     }
+}
 
+impl<B: FusedOps> PatchEmbed<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = self.proj.forward(images); // [B, C, H/p, W/p]
-        self.norm.forward(x.permute([0, 2, 3, 1])) // [B, H/p, W/p, C]
+        norm(&self.norm, x.permute([0, 2, 3, 1])) // [B, H/p, W/p, C]
     }
 }
 
@@ -75,7 +77,9 @@ impl<B: Backend> WindowAttention<B> {
             heads,
         }
     }
+}
 
+impl<B: FusedOps> WindowAttention<B> {
     /// x [B·nW, N, C] → (output [B·nW, N, C], post-softmax attention [B·nW, heads, N, N]).
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [bw, n, c] = x.dims();
@@ -93,16 +97,10 @@ impl<B: Backend> WindowAttention<B> {
             .val()
             .select(0, self.relative_position_index.clone()) // [N·N, heads]
             .reshape([n, n, h])
-            .permute([2, 0, 1])
-            .unsqueeze::<4>(); // [1, heads, N, N]
-        let mut attn = q.mul_scalar((hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)) + bias;
-        if let Some(mask) = mask {
-            // mask [nW, N, N] repeats for every image of the batch.
-            let nw = mask.dims()[0];
-            attn = (attn.reshape([bw / nw, nw, h, n, n]) + mask.unsqueeze_dim::<4>(1).unsqueeze::<5>())
-                .reshape([bw, h, n, n]);
-        }
-        let attn = softmax(attn, 3);
+            .permute([2, 0, 1]); // [heads, N, N]
+        let scores = q.mul_scalar((hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3));
+        // softmax(scores + bias + mask): mask [nW, N, N] repeats for every image of the batch.
+        let attn = window_softmax(scores, bias, mask);
         let out = attn.clone().matmul(v).swap_dims(1, 2).reshape([bw, n, c]);
         (self.proj.forward(out), attn)
     }
@@ -114,7 +112,7 @@ pub struct Mlp<B: Backend> {
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: FusedOps> Mlp<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.fc2.forward(gelu(self.fc1.forward(x)))
     }
@@ -172,12 +170,14 @@ impl<B: Backend> SwinBlock<B> {
     pub fn shift(&self) -> usize {
         self.shift
     }
+}
 
+impl<B: FusedOps> SwinBlock<B> {
     /// x [B, H, W, C] → (x [B, H, W, C], attention [B·nW, heads, N, N]).
     pub fn forward(&self, x: Tensor<B, 4>, drop_key: Option<u64>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [_, h, w, _] = x.dims();
         let s = self.shift as i64;
-        let mut y = self.norm1.forward(x.clone());
+        let mut y = norm(&self.norm1, x.clone());
         if s > 0 {
             y = roll_back(y, s);
         }
@@ -189,7 +189,7 @@ impl<B: Backend> SwinBlock<B> {
         }
         let stream = 2 * self.index as u64;
         let x = x + drop_path(y, self.drop_rate, drop_key, stream);
-        let y = self.mlp.forward(self.norm2.forward(x.clone()));
+        let y = self.mlp.forward(norm(&self.norm2, x.clone()));
         (x + drop_path(y, self.drop_rate, drop_key, stream + 1), attn)
     }
 }
@@ -208,7 +208,9 @@ impl<B: Backend> PatchMerging<B> {
             reduction: linear(4 * dim, 2 * dim, false, dev),
         }
     }
+}
 
+impl<B: FusedOps> PatchMerging<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, w, c] = x.dims();
         // timm: reshape(B,H/2,2,W/2,2,C).permute(0,1,3,4,2,5): channel blocks in the order
@@ -217,7 +219,7 @@ impl<B: Backend> PatchMerging<B> {
             .reshape([b, h / 2, 2, w / 2, 2, c])
             .permute([0, 1, 3, 4, 2, 5])
             .reshape([b, h / 2, w / 2, 4 * c]);
-        self.reduction.forward(self.norm.forward(x))
+        self.reduction.forward(norm(&self.norm, x))
     }
 }
 
@@ -228,7 +230,7 @@ pub struct SwinStage<B: Backend> {
     pub blocks: Vec<SwinBlock<B>>,
 }
 
-impl<B: Backend> SwinStage<B> {
+impl<B: FusedOps> SwinStage<B> {
     /// x [B, H, W, C] → (x [B, H', W', C'], each block's attention).
     pub fn forward(&self, x: Tensor<B, 4>, drop_key: Option<u64>) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
         let mut x = match &self.downsample {

@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use burn::nn::{LayerNormConfig, LinearConfig};
 use burn::optim::GradientsParams;
-use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use serde::Serialize;
 use serde_yaml::Value;
 use swinfc_comm::LocalCollective;
-use swinfc_model::{ConfigError, LossConfig, ModelConfig, model_and_loss_from_yaml, swinfc_loss};
+use swinfc_model::fused::{gelu, layer_norm, softmax};
+use swinfc_model::{
+    ConfigError, LossConfig, ModelConfig, TrainBackend, model_and_loss_from_yaml, swinfc_loss,
+};
 
 use crate::optim::{FlatLayout, Sgd, StepSettings, flatten_grads};
 use crate::sync::GradSync;
@@ -112,7 +113,7 @@ impl BenchReport {
 }
 
 /// Runs `warmup + steps` training steps of the model of `model_cfg` on one random batch.
-pub fn train_step<B: AutodiffBackend>(
+pub fn train_step<B: TrainBackend>(
     model_cfg: &ModelConfig,
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
@@ -204,7 +205,7 @@ pub fn train_step<B: AutodiffBackend>(
 ///
 /// Each op's loss is `sum(op(x) * g)` with a fixed random `g`, so its backward starts from a
 /// dense gradient, as inside the network (a bare `sum()` would start from a broadcast one).
-pub fn ops<B: AutodiffBackend>(reps: usize, device: &B::Device) -> Vec<(&'static str, f64)> {
+pub fn ops<B: TrainBackend>(reps: usize, device: &B::Device) -> Vec<(&'static str, f64)> {
     let normal = Distribution::Normal(0.0, 1.0);
     let tokens = Tensor::<B, 3>::random([8, 1024, 32], normal, device);
     let hidden = Tensor::<B, 3>::random([8, 1024, 128], normal, device);
@@ -217,7 +218,7 @@ pub fn ops<B: AutodiffBackend>(reps: usize, device: &B::Device) -> Vec<(&'static
     vec![
         (
             "layer_norm(32) [8,1024,32]",
-            op_ms(reps, &tokens, |x| norm.forward(x)),
+            op_ms(reps, &tokens, |x| layer_norm(&norm, x)),
         ),
         (
             "linear 32->128->32 [8,1024,32]",
@@ -251,7 +252,7 @@ pub fn ops<B: AutodiffBackend>(reps: usize, device: &B::Device) -> Vec<(&'static
     ]
 }
 
-fn op_ms<B: AutodiffBackend, const D: usize>(
+fn op_ms<B: TrainBackend, const D: usize>(
     reps: usize,
     x: &Tensor<B, D>,
     op: impl Fn(Tensor<B, D>) -> Tensor<B, D>,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 use swinfc_comm::{Collective, CommError, ControlClient, ServerCommand};
@@ -25,7 +24,7 @@ use swinfc_model::weights::{
     StateDict, WeightsError, load_pretrained, load_state_dict, safetensors_bytes, state_dict,
     state_dict_from_bytes,
 };
-use swinfc_model::{ConfigError, SwinFc, swinfc_loss};
+use swinfc_model::{ConfigError, SwinFc, TrainBackend, swinfc_loss};
 use tracing::{info, warn};
 
 use crate::checkpoint::{
@@ -91,7 +90,7 @@ const STOP_SLOT: usize = 1;
 /// Trains on this worker. Every rank calls it with the same config and its own collective;
 /// `control` (absent for a single local process) carries heartbeats, reports and commands;
 /// `grad_sync` says where the gradients are summed (host and `comm`, or on the device).
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: TrainBackend>(
     cfg: &TrainConfig,
     resume: &Resume,
     comm: &mut dyn Collective,
@@ -441,7 +440,7 @@ fn agree_on_start(
 
 /// Rank 0 builds the model (fresh, pretrained or from the checkpoint) and its optimizer state;
 /// every rank receives the same bytes, and a hash check proves the replicas identical.
-fn build_replicas<B: AutodiffBackend>(
+fn build_replicas<B: TrainBackend>(
     cfg: &TrainConfig,
     start: Option<&(PathBuf, TrainState)>,
     comm: &mut dyn Collective,
@@ -493,7 +492,7 @@ fn to_bytes(dict: &StateDict) -> Vec<u8> {
     safetensors_bytes(dict, None).expect("f32 tensors serialise")
 }
 
-fn checkpoint_data<B: AutodiffBackend>(
+fn checkpoint_data<B: TrainBackend>(
     model: &SwinFc<B>,
     sgd: &Sgd<B>,
     state: TrainState,
@@ -565,7 +564,7 @@ fn finite(x: impl Into<f64>) -> Option<f64> {
 }
 
 /// Top-1 of every head on this rank's shard of the test split, summed over ranks.
-pub fn evaluate<B: AutodiffBackend>(
+pub fn evaluate<B: TrainBackend>(
     model: &SwinFc<B>,
     dataset: &Arc<Dataset>,
     data_cfg: &DataConfig,

@@ -1,0 +1,289 @@
+//! The fused kernels on Flex (the CPU backend), for f32: one pass over each row, rows in
+//! parallel on rayon's pool. Other dtypes take the decomposed defaults.
+//!
+//! Determinism: every reduction runs in a fixed order that does not depend on the number of
+//! threads — within a row in 8 lanes, and across rows over fixed blocks of [`ROWS`] rows whose
+//! partial sums are added in block order — so a run gives the same bits on 1 or N threads.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexDevice;
+use burn::tensor::ops::ActivationOps;
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::{FusedKernels, decomposed};
+
+/// Rows per parallel task, and per partial sum of the reductions across rows.
+const ROWS: usize = 64;
+
+impl FusedKernels for Flex {
+    fn layer_norm_forward(
+        x: Tensor<Flex, 2>,
+        gamma: Tensor<Flex, 1>,
+        beta: Option<Tensor<Flex, 1>>,
+        eps: f64,
+    ) -> [Tensor<Flex, 2>; 3] {
+        let all_f32 = beta.as_ref().is_none_or(|b| b.dtype() == DType::F32)
+            && [x.dtype(), gamma.dtype()].iter().all(|d| *d == DType::F32);
+        if !all_f32 {
+            return decomposed::layer_norm_forward(x, gamma, beta, eps);
+        }
+        let [rows, c] = x.dims();
+        let (xs, gamma) = (values(x), values(gamma));
+        let beta = beta.map_or_else(|| vec![0.0; c], |b| values(b).to_vec());
+        let (mut y, mut xhat, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows * c], vec![0.0; rows]);
+        if c > 0 {
+            y.par_chunks_mut(ROWS * c)
+                .zip(xhat.par_chunks_mut(ROWS * c))
+                .zip(rstd.par_chunks_mut(ROWS))
+                .zip(xs.par_chunks(ROWS * c))
+                .for_each(|(((y, xhat), rstd), xs)| {
+                    for (((y, xhat), r), x) in y
+                        .chunks_exact_mut(c)
+                        .zip(xhat.chunks_exact_mut(c))
+                        .zip(rstd.iter_mut())
+                        .zip(xs.chunks_exact(c))
+                    {
+                        let mean = sum(x) / c as f32;
+                        let var = sum_sq_dev(x, mean) / c as f32;
+                        *r = 1.0 / (var + eps as f32).sqrt();
+                        for j in 0..c {
+                            xhat[j] = (x[j] - mean) * *r;
+                            y[j] = xhat[j] * gamma[j] + beta[j];
+                        }
+                    }
+                });
+        }
+        [
+            tensor(y, [rows, c]),
+            tensor(xhat, [rows, c]),
+            tensor(rstd, [rows, 1]),
+        ]
+    }
+
+    fn layer_norm_backward(
+        g: Tensor<Flex, 2>,
+        xhat: Tensor<Flex, 2>,
+        rstd: Tensor<Flex, 2>,
+        gamma: Tensor<Flex, 1>,
+    ) -> (Tensor<Flex, 2>, Tensor<Flex, 1>, Tensor<Flex, 1>) {
+        if [g.dtype(), xhat.dtype(), rstd.dtype(), gamma.dtype()]
+            .iter()
+            .any(|d| *d != DType::F32)
+        {
+            return decomposed::layer_norm_backward(g, xhat, rstd, gamma);
+        }
+        let [rows, c] = g.dims();
+        let (gs, xhat, rstd, gamma) = (values(g), values(xhat), values(rstd), values(gamma));
+        let mut dx = vec![0.0; rows * c];
+        if c == 0 {
+            return (tensor(dx, [rows, c]), tensor(vec![], [0]), tensor(vec![], [0]));
+        }
+        // Each block of rows returns its partial dγ and dβ; the blocks are added in order below.
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(ROWS * c)
+            .zip(gs.par_chunks(ROWS * c))
+            .zip(xhat.par_chunks(ROWS * c))
+            .zip(rstd.par_chunks(ROWS))
+            .map(|(((dx, gs), xhat), rstd)| {
+                let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
+                let mut a = vec![0.0f32; c];
+                for (((dx, g), xh), r) in dx
+                    .chunks_exact_mut(c)
+                    .zip(gs.chunks_exact(c))
+                    .zip(xhat.chunks_exact(c))
+                    .zip(rstd)
+                {
+                    for j in 0..c {
+                        a[j] = g[j] * gamma[j];
+                        dgamma[j] += g[j] * xh[j];
+                        dbeta[j] += g[j];
+                    }
+                    let m1 = sum(&a) / c as f32;
+                    let m2 = dot(&a, xh) / c as f32;
+                    for j in 0..c {
+                        dx[j] = r * (a[j] - m1 - xh[j] * m2);
+                    }
+                }
+                (dgamma, dbeta)
+            })
+            .collect();
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
+        for (pg, pb) in &partials {
+            add_to(&mut dgamma, pg);
+            add_to(&mut dbeta, pb);
+        }
+        (tensor(dx, [rows, c]), tensor(dgamma, [c]), tensor(dbeta, [c]))
+    }
+
+    fn softmax_backward(y: Tensor<Flex, 3>, g: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
+        if y.dtype() != DType::F32 || g.dtype() != DType::F32 {
+            return decomposed::softmax_backward(y, g);
+        }
+        let [outer, len, inner] = y.dims();
+        let (ys, gs) = (values(y), values(g));
+        let mut dx = vec![0.0; outer * len * inner];
+        if inner == 1 && len > 0 {
+            // Softmax over contiguous rows: one dot product and one pass per row.
+            dx.par_chunks_mut(ROWS * len)
+                .zip(ys.par_chunks(ROWS * len))
+                .zip(gs.par_chunks(ROWS * len))
+                .for_each(|((dx, ys), gs)| {
+                    for ((dx, y), g) in dx
+                        .chunks_exact_mut(len)
+                        .zip(ys.chunks_exact(len))
+                        .zip(gs.chunks_exact(len))
+                    {
+                        let s = dot(g, y);
+                        for j in 0..len {
+                            dx[j] = y[j] * (g[j] - s);
+                        }
+                    }
+                });
+        } else if len * inner > 0 {
+            // Over a middle dimension: per outer index, Σ over `len` rows of `inner` values, vectorised
+            // across `inner`, rows added in order.
+            let block = len * inner;
+            dx.par_chunks_mut(block)
+                .zip(ys.par_chunks(block))
+                .zip(gs.par_chunks(block))
+                .for_each(|((dx, ys), gs)| {
+                    let mut s = vec![0.0f32; inner];
+                    for (y, g) in ys.chunks_exact(inner).zip(gs.chunks_exact(inner)) {
+                        for k in 0..inner {
+                            s[k] += g[k] * y[k];
+                        }
+                    }
+                    for ((dx, y), g) in dx
+                        .chunks_exact_mut(inner)
+                        .zip(ys.chunks_exact(inner))
+                        .zip(gs.chunks_exact(inner))
+                    {
+                        for k in 0..inner {
+                            dx[k] = y[k] * (g[k] - s[k]);
+                        }
+                    }
+                });
+        }
+        tensor(dx, [outer, len, inner])
+    }
+
+    fn window_softmax_forward(
+        scores: Tensor<Flex, 4>,
+        bias: Tensor<Flex, 3>,
+        mask: Option<Tensor<Flex, 3>>,
+    ) -> Tensor<Flex, 4> {
+        let all_f32 = mask.as_ref().is_none_or(|m| m.dtype() == DType::F32)
+            && scores.dtype() == DType::F32
+            && bias.dtype() == DType::F32;
+        if !all_f32 {
+            return decomposed::window_softmax_forward(scores, bias, mask);
+        }
+        let [bw, h, n, _] = scores.dims();
+        let nw = mask.as_ref().map_or(1, |m| m.dims()[0]);
+        let per_window = h * n * n;
+        let (scores, bias, mask) = (values(scores), values(bias), mask.map(values));
+        let mut s = vec![0.0f32; bw * per_window];
+        if per_window > 0 {
+            // Window a of the batch adds the bias of every head and the mask of window a mod nW.
+            s.par_chunks_mut(per_window)
+                .zip(scores.par_chunks(per_window))
+                .enumerate()
+                .for_each(|(a, (s, scores))| {
+                    for ((s, x), b) in s.iter_mut().zip(scores).zip(bias.iter()) {
+                        *s = x + b;
+                    }
+                    if let Some(mask) = &mask {
+                        let m = &mask[(a % nw) * n * n..][..n * n];
+                        for s in s.chunks_exact_mut(n * n) {
+                            add_to(s, m);
+                        }
+                    }
+                });
+        }
+        burn::tensor::activation::softmax(tensor(s, [bw, h, n, n]), 3)
+    }
+
+    fn window_bias_backward(ds: Tensor<Flex, 4>) -> Tensor<Flex, 3> {
+        if ds.dtype() != DType::F32 {
+            let [_, h, n, _] = ds.dims();
+            return ds.sum_dim(0).reshape([h, n, n]);
+        }
+        let [bw, h, n, _] = ds.dims();
+        let per_window = h * n * n;
+        let ds = values(ds);
+        let mut dbias = vec![0.0f32; per_window];
+        // Positions in parallel; for each, the windows are added in order.
+        const SPAN: usize = 1024;
+        dbias.par_chunks_mut(SPAN).enumerate().for_each(|(i, out)| {
+            let start = i * SPAN;
+            for a in 0..bw {
+                add_to(out, &ds[a * per_window + start..][..out.len()]);
+            }
+        });
+        tensor(dbias, [h, n, n])
+    }
+
+    fn gelu_exact(x: Tensor<Flex, 1>) -> Tensor<Flex, 1> {
+        // Flex's own GELU is one pass with the exact erf.
+        burn::tensor::activation::gelu(x)
+    }
+
+    fn gelu_exact_backward(x: Tensor<Flex, 1>, g: Tensor<Flex, 1>) -> Tensor<Flex, 1> {
+        let dx = <Flex as ActivationOps<Flex>>::gelu_backward(
+            x.into_primitive().tensor(),
+            g.into_primitive().tensor(),
+        );
+        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(dx))
+    }
+}
+
+/// An f32 tensor's values in row-major order, borrowed (copied only when its layout is strided).
+struct Values(FlexTensor);
+
+impl std::ops::Deref for Values {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        self.0.as_slice().expect("contiguous f32")
+    }
+}
+
+fn values<const D: usize>(t: Tensor<Flex, D>) -> Values {
+    Values(t.into_primitive().tensor().to_contiguous())
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+    Tensor::from_data(TensorData::new(values, shape), &FlexDevice)
+}
+
+/// Σ x over 8 lanes, lanes added in order: vectorised, and the same order on every run.
+fn sum(x: &[f32]) -> f32 {
+    lanes(x.len(), |i| x[i])
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lanes(a.len().min(b.len()), |i| a[i] * b[i])
+}
+
+fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    lanes(x.len(), |i| (x[i] - mean) * (x[i] - mean))
+}
+
+#[inline(always)]
+fn lanes(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let full = n - n % 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    let tail: f32 = (full..n).map(&f).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn add_to(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, x)| *a += x);
+}
