@@ -15,7 +15,7 @@ import sys
 
 def train(paths):
     print(f"{'config':<8} {'side':<32} {'runs':>4} {'median s':>9} {'min s':>8} {'img/s':>7} "
-          f"{'fwd':>7} {'bwd':>7} {'flat':>7} {'opt':>7}")
+          f"{'fwd':>7} {'bwd':>7} {'sync':>7} {'opt':>7}")
     for path in paths:
         runs = [json.loads(line) for line in open(path) if line.strip()]
         sides = {}
@@ -31,7 +31,7 @@ def train(paths):
             summary[side] = (med, best)
             print(f"{name:<8} {rs[0]['implementation']:<32} {len(rs):>4} {med:>9.4f} {best:>8.4f} "
                   f"{rs[0]['micro_batch'] / med:>7.2f} {ph['forward']:>7.4f} {ph['backward']:>7.4f} "
-                  f"{ph['flatten']:>7.4f} {ph['optimizer']:>7.4f}")
+                  f"{ph['grad_sync']:>7.4f} {ph['optimizer']:>7.4f}")
         if {"swinfc", "pytorch"} <= summary.keys():
             (om, ob), (tm, tb) = summary["swinfc"], summary["pytorch"]
             print(f"{name:<8} ratio ours/pytorch: median {om / tm:.2f}x, best step {ob / tb:.2f}x")

@@ -11,6 +11,7 @@ use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, TrainBackend, model_and_loss_from_yaml};
 use swinfc_train::bench::{self, BenchSettings};
+use swinfc_train::config::Precision;
 use swinfc_train::{Resume, RunSummary, TrainConfig, inference};
 use tracing::info;
 
@@ -76,8 +77,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Forward + losses + backward + flat SGD step of CONFIG's model (`model`, `loss`,
-    /// `train.micro_batch`) on a random batch; prints the median and spread of the timed steps.
+    /// The training step (forward + losses + backward + gradient sync and clip + SGD update) of
+    /// CONFIG's model (`model`, `loss`, `train.micro_batch`) on a random batch, its phases timed
+    /// with device syncs; prints the median and spread of the timed steps.
     TrainStep(TrainStepArgs),
     /// The step's dominant ops one at a time (forward + backward, median ms) on the CPU backend;
     /// bench/torch/ops.py times the same ops in PyTorch.
@@ -108,6 +110,7 @@ struct TrainStepArgs {
     json: bool,
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
+    /// As `train.precision`: bf16 (CUDA only) computes on a bf16 copy of the f32 weights.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     precision: PrecisionArg,
 }
@@ -308,6 +311,10 @@ fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
         steps: args.steps,
         warmup: args.warmup,
         seed: 0,
+        precision: match args.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        },
     };
     let (report, device) = match (args.backend, args.precision) {
         (BackendArg::Cpu, PrecisionArg::Fp32) => {
@@ -315,16 +322,13 @@ fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
                 bench::set_cpu_threads(threads).context("sizing the CPU thread pool")?;
             }
             let device = format!("cpu, {} threads", bench::cpu_threads());
-            (
-                bench::train_step::<Autodiff<Flex>>(&model_cfg, &loss_cfg, &settings, &FlexDevice),
-                device,
-            )
+            (bench::train_step_cpu(&model_cfg, &loss_cfg, &settings)?, device)
         }
         (BackendArg::Cpu, PrecisionArg::Bf16) => {
             bail!("--precision bf16 is not supported with --backend cpu: the CPU backend trains in fp32 only")
         }
-        (BackendArg::Cuda, precision) => (
-            bench_train_step_cuda(&model_cfg, &loss_cfg, &settings, precision)?,
+        (BackendArg::Cuda, _) => (
+            bench_train_step_cuda(&model_cfg, &loss_cfg, &settings)?,
             "cuda:0".into(),
         ),
     };
@@ -354,30 +358,15 @@ fn bench_train_step_cuda(
     model_cfg: &ModelConfig,
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
-    precision: PrecisionArg,
 ) -> Result<bench::BenchReport> {
-    use burn::backend::{Cuda, cuda::CudaDevice};
     if swinfc_model::backend::cuda_device_count() == 0 {
         bail!("--backend cuda: no CUDA device is visible (is libcuda installed and a GPU present?)");
     }
-    let device = CudaDevice::new(0);
-    Ok(match precision {
-        PrecisionArg::Fp32 => bench::train_step::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, &device),
-        // Parameters, activations and gradients all in bf16 (no f32 master copy): the cost of the
-        // bf16 kernels, not a mixed-precision recipe.
-        PrecisionArg::Bf16 => {
-            bench::train_step::<Autodiff<Cuda<burn::tensor::bf16>>>(model_cfg, loss_cfg, settings, &device)
-        }
-    })
+    Ok(bench::train_step_cuda(model_cfg, loss_cfg, settings)?)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn bench_train_step_cuda(
-    _: &ModelConfig,
-    _: &LossConfig,
-    _: &BenchSettings,
-    _: PrecisionArg,
-) -> Result<bench::BenchReport> {
+fn bench_train_step_cuda(_: &ModelConfig, _: &LossConfig, _: &BenchSettings) -> Result<bench::BenchReport> {
     bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
 }
 

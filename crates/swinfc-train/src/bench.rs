@@ -1,23 +1,26 @@
-//! `swinfc bench train-step`: the time of one training step — forward, losses, backward, the
-//! gradient flattening and host copy that feed the all-reduce, clipping and the flat SGD update —
-//! on random inputs, with the same pieces [`crate::train`] uses, so the figure is what training
-//! costs per micro-batch on one worker (world size 1, so no network time).
+//! `swinfc bench train-step`: the time of training steps on one worker (world size 1, so no
+//! network time) on a fixed random batch. It runs [`Trainer::train_step`], the step
+//! [`crate::train`] runs, in its profiling mode, so each phase is what training spends on it per
+//! micro-batch.
 
 use std::time::Instant;
 
 use burn::nn::{LayerNormConfig, LinearConfig};
-use burn::optim::GradientsParams;
-use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 use serde::Serialize;
 use serde_yaml::Value;
 use swinfc_comm::LocalCollective;
+use swinfc_data::Batch;
+use swinfc_metrics::record::Phases;
+use swinfc_model::drop_path::splitmix64;
 use swinfc_model::fused::{gelu, layer_norm, softmax};
-use swinfc_model::{
-    ConfigError, LossConfig, ModelConfig, TrainBackend, model_and_loss_from_yaml, swinfc_loss,
-};
+use swinfc_model::{ConfigError, LossConfig, ModelConfig, SwinFc, TrainBackend, model_and_loss_from_yaml};
 
-use crate::optim::{FlatLayout, Sgd, StepSettings, flatten_grads};
+use crate::config::{Precision, TrainSection};
+use crate::optim::{FlatLayout, Sgd};
+use crate::step::{StepConfig, Trainer};
 use crate::sync::GradSync;
+use crate::trainer::TrainError;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -28,25 +31,8 @@ pub struct BenchSettings {
     /// Untimed steps first (allocator, caches, kernel compilation on CUDA).
     pub warmup: usize,
     pub seed: u64,
-}
-
-/// Seconds of each phase of one step.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct StepPhases {
-    /// Forward and the losses.
-    pub forward: f64,
-    /// Backward and the collection of gradients by parameter.
-    pub backward: f64,
-    /// Flattening to one buffer, the host copy the all-reduce reads, the norm and clipping.
-    pub flatten: f64,
-    /// The flat SGD update of every parameter.
-    pub optimizer: f64,
-}
-
-impl StepPhases {
-    pub fn total(&self) -> f64 {
-        self.forward + self.backward + self.flatten + self.optimizer
-    }
+    /// As `train.precision`: bf16 computes on a bf16 copy of the f32 weights.
+    pub precision: Precision,
 }
 
 /// The timed steps of a run and their summary.
@@ -63,10 +49,11 @@ pub struct BenchReport {
     pub step_seconds_p10: f64,
     pub step_seconds_p90: f64,
     pub images_per_second: f64,
-    /// Median of each phase over the timed steps.
-    pub phases_median: StepPhases,
-    /// Total loss of the last step: a finite value shows the step did real work.
+    /// Median of each phase over the timed steps (their meaning: [`crate::step`]).
+    pub phases_median: Phases,
+    /// Total loss and gradient norm of the last step: finite values show the step did real work.
     pub last_loss: f32,
+    pub last_grad_norm: f64,
 }
 
 /// The parts of a run config a benchmark reads: `model:`, `loss:` and `train.micro_batch` (a
@@ -84,14 +71,16 @@ pub fn config_from_yaml(doc: &Value) -> Result<(ModelConfig, LossConfig, usize),
 }
 
 impl BenchReport {
-    /// The human-readable table; bench/torch/train_step.py prints the same rows.
+    /// The human-readable table; bench/torch/train_step.py prints the same rows (without the
+    /// data and other phases).
     pub fn table(&self) -> String {
         let p = &self.phases_median;
         format!(
             "micro-batch {} at {}x{}, {:.2} M parameters, {} timed steps after {} warm-up\n\
              step seconds  median {:.4}  p10 {:.4}  p90 {:.4}  min {:.4}  max {:.4}\n\
              images/s      {:.2}\n\
-             phases (median s)  forward+loss {:.4}  backward {:.4}  grad flatten+clip {:.4}  optimizer {:.4}\n",
+             phases (median s)  data {:.4}  forward+loss {:.4}  backward {:.4}  grad sync+clip {:.4}  \
+             optimizer {:.4}  other {:.4}\n",
             self.micro_batch,
             self.image_size,
             self.image_size,
@@ -104,99 +93,162 @@ impl BenchReport {
             self.step_seconds_min,
             self.step_seconds_max,
             self.images_per_second,
+            p.data_wait,
             p.forward,
             p.backward,
-            p.flatten,
+            p.grad_sync,
             p.optimizer,
+            p.other,
         )
     }
 }
 
-/// Runs `warmup + steps` training steps of the model of `model_cfg` on one random batch.
+/// Runs `warmup + steps` training steps of the model of `model_cfg` on one random batch, summing
+/// gradients through `grad_sync` as a worker on that backend does.
 pub fn train_step<B: TrainBackend>(
     model_cfg: &ModelConfig,
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
+    grad_sync: GradSync<B::InnerBackend>,
     device: &B::Device,
-) -> BenchReport {
-    let (b, size) = (settings.micro_batch, model_cfg.img_size);
-    let mut model = model_cfg.init::<B>(settings.seed, device);
-    let layout = FlatLayout::of(&model);
-    let parameters = layout.len;
-    let mut sgd = Sgd::<B>::new(layout, device);
-    let images = Tensor::<B, 4>::random([b, 3, size, size], Distribution::Normal(0.0, 1.0), device);
-    // Labels repeat over a few classes so the contrastive loss has positive pairs, as real batches do.
-    let labels: Vec<i64> = (0..b)
-        .map(|i| (i % model_cfg.num_classes.min(4)) as i64)
-        .collect();
-    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [b]), device);
+) -> Result<BenchReport, TrainError> {
+    let model = model_cfg.init::<B>(settings.seed, device);
+    let mut trainer = trainer(model, loss_cfg, settings, grad_sync, device);
+    time_steps(&mut trainer, &random_batch(model_cfg, settings), settings)
+}
+
+/// The CPU worker's step: Flex, gradients summed on the host.
+pub fn train_step_cpu(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+) -> Result<BenchReport, TrainError> {
+    use burn::backend::{Autodiff, Flex, flex::FlexDevice};
+    train_step::<Autodiff<Flex>>(model_cfg, loss_cfg, settings, GradSync::Host, &FlexDevice)
+}
+
+/// The GPU worker's step on GPU 0: CUDA, gradients summed on the device, bf16 as in training.
+#[cfg(feature = "cuda")]
+pub fn train_step_cuda(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+) -> Result<BenchReport, TrainError> {
+    use burn::backend::{Autodiff, Cuda};
+    let device = crate::worker::cuda_device(settings.precision)?;
+    let grad_sync = GradSync::Device(Box::new(LocalCollective));
+    train_step::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, grad_sync, &device)
+}
+
+/// A trainer of `model` that profiles its phases.
+fn trainer<B: TrainBackend>(
+    model: SwinFc<B>,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    grad_sync: GradSync<B::InnerBackend>,
+    device: &B::Device,
+) -> Trainer<B> {
+    let sgd = Sgd::new(FlatLayout::of(&model), device);
+    let b = settings.micro_batch;
     // The paper's optimiser settings (configs/cub.yaml); the values do not change the work done.
-    let step_settings = StepSettings {
+    let train = TrainSection {
+        global_batch: b,
+        micro_batch: b,
+        total_steps: (settings.warmup + settings.steps) as u64,
+        warmup_steps: 0,
         lr_backbone: 0.002,
         lr_new: 0.005,
         momentum: 0.9,
         weight_decay: 1e-4,
+        grad_clip: 1.0,
+        precision: settings.precision,
+        pretrained: None,
+        // A skipped step would be timed without its update: stop at the first.
+        max_nonfinite_steps: 0,
     };
+    let config = StepConfig {
+        seed: settings.seed,
+        grad_accum: 1,
+        train,
+        loss: loss_cfg.clone(),
+        profile: true,
+    };
+    Trainer::new(model, sgd, grad_sync, config, 0, device.clone())
+}
 
-    let mut phases = Vec::with_capacity(settings.steps);
-    let mut last_loss = f32::NAN;
+/// One micro-batch of images uniform in [-1, 1) (keyed by `settings.seed`; the values do not
+/// change the work done). Labels repeat over a few classes so the contrastive loss has positive
+/// pairs, as real batches do.
+fn random_batch(model_cfg: &ModelConfig, settings: &BenchSettings) -> Batch {
+    let (b, size) = (settings.micro_batch, model_cfg.img_size);
+    let shape = [b, 3, size, size];
+    let images = (0..shape.iter().product::<usize>() as u64)
+        .map(|i| (splitmix64(settings.seed ^ splitmix64(i)) >> 40) as f32 / (1 << 23) as f32 - 1.0)
+        .collect();
+    Batch {
+        images,
+        labels: (0..b)
+            .map(|i| (i % model_cfg.num_classes.min(4)) as i64)
+            .collect(),
+        shape,
+        skipped: Vec::new(),
+        indices: (0..b).collect(),
+        seq: 0,
+    }
+}
+
+/// Times `settings.warmup + settings.steps` steps of `trainer` on `batch`.
+fn time_steps<B: TrainBackend>(
+    trainer: &mut Trainer<B>,
+    batch: &Batch,
+    settings: &BenchSettings,
+) -> Result<BenchReport, TrainError> {
+    let mut timed = Vec::with_capacity(settings.steps);
+    let mut last = None;
     for step in 0..settings.warmup + settings.steps {
-        let t0 = Instant::now();
-        let out = model.forward(images.clone(), Some(step as u64));
-        let parts = swinfc_loss(&out, labels.clone(), loss_cfg);
-        // Reading the loss waits for the forward on asynchronous backends, as the trainer's
-        // loss logging does.
-        last_loss = parts.total.clone().into_scalar().elem::<f32>();
-        let t1 = Instant::now();
-        let grads = GradientsParams::from_grads(parts.total.backward(), &model);
-        B::sync(device).expect("the device is healthy");
-        let t2 = Instant::now();
-        // A CPU worker's gradient path at world size 1: host copy, norm, clip.
-        let synced = GradSync::Host
-            .average(flatten_grads(&model, &grads), &[], 1, 1.0, &mut LocalCollective)
-            .expect("world size 1 has no peers to fail");
-        let t3 = Instant::now();
-        model = sgd.step(model, synced.grad, step_settings);
-        B::sync(device).expect("the device is healthy");
-        let t4 = Instant::now();
+        let outcome = trainer.train_step(
+            std::iter::once(Ok(batch.clone())),
+            step as u64,
+            false,
+            &mut LocalCollective,
+        )?;
         if step >= settings.warmup {
-            phases.push(StepPhases {
-                forward: (t1 - t0).as_secs_f64(),
-                backward: (t2 - t1).as_secs_f64(),
-                flatten: (t3 - t2).as_secs_f64(),
-                optimizer: (t4 - t3).as_secs_f64(),
-            });
+            timed.push((outcome.seconds, outcome.phases.clone()));
         }
+        last = Some(outcome);
     }
 
-    let mut totals: Vec<f64> = phases.iter().map(StepPhases::total).collect();
-    totals.sort_by(f64::total_cmp);
-    let phase_median = |f: fn(&StepPhases) -> f64| {
-        let mut v: Vec<f64> = phases.iter().map(f).collect();
+    let median = |f: fn(&(f64, Phases)) -> f64| {
+        let mut v: Vec<f64> = timed.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         percentile(&v, 0.5)
     };
-    let median = percentile(&totals, 0.5);
-    BenchReport {
-        micro_batch: b,
-        image_size: size,
-        parameters,
+    let mut seconds: Vec<f64> = timed.iter().map(|(s, _)| *s).collect();
+    seconds.sort_by(f64::total_cmp);
+    let step_median = percentile(&seconds, 0.5);
+    Ok(BenchReport {
+        micro_batch: settings.micro_batch,
+        image_size: batch.shape[2],
+        parameters: trainer.sgd().layout().len,
         steps: settings.steps,
         warmup: settings.warmup,
-        step_seconds_median: median,
-        step_seconds_min: totals.first().copied().unwrap_or(f64::NAN),
-        step_seconds_max: totals.last().copied().unwrap_or(f64::NAN),
-        step_seconds_p10: percentile(&totals, 0.1),
-        step_seconds_p90: percentile(&totals, 0.9),
-        images_per_second: b as f64 / median,
-        phases_median: StepPhases {
-            forward: phase_median(|p| p.forward),
-            backward: phase_median(|p| p.backward),
-            flatten: phase_median(|p| p.flatten),
-            optimizer: phase_median(|p| p.optimizer),
+        step_seconds_median: step_median,
+        step_seconds_min: seconds.first().copied().unwrap_or(f64::NAN),
+        step_seconds_max: seconds.last().copied().unwrap_or(f64::NAN),
+        step_seconds_p10: percentile(&seconds, 0.1),
+        step_seconds_p90: percentile(&seconds, 0.9),
+        images_per_second: settings.micro_batch as f64 / step_median,
+        phases_median: Phases {
+            data_wait: median(|(_, p)| p.data_wait),
+            forward: median(|(_, p)| p.forward),
+            backward: median(|(_, p)| p.backward),
+            grad_sync: median(|(_, p)| p.grad_sync),
+            optimizer: median(|(_, p)| p.optimizer),
+            other: median(|(_, p)| p.other),
         },
-        last_loss,
-    }
+        last_loss: last.as_ref().map_or(f32::NAN, |o| o.losses.total),
+        last_grad_norm: last.as_ref().map_or(f64::NAN, |o| o.grad_norm),
+    })
 }
 
 /// The ops that dominate the CPU train step, one at a time on the tiny config's shapes
@@ -326,9 +378,7 @@ mod tests {
         assert_eq!(config_from_yaml(&doc).unwrap_err().key, "train.micro_batch");
     }
 
-    #[test]
-    fn a_tiny_step_runs_and_reports_finite_times() {
-        use burn::backend::{Autodiff, Flex, flex::FlexDevice};
+    fn tiny() -> (ModelConfig, BenchSettings) {
         let mut cfg = ModelConfig::preset("tiny").expect("preset");
         cfg.img_size = 32;
         cfg.embed_dim = 16;
@@ -338,10 +388,55 @@ mod tests {
             steps: 2,
             warmup: 1,
             seed: 0,
+            precision: Precision::Fp32,
         };
-        let r = train_step::<Autodiff<Flex>>(&cfg, &LossConfig::new(), &settings, &FlexDevice);
-        assert!(r.last_loss.is_finite());
+        (cfg, settings)
+    }
+
+    #[test]
+    fn a_tiny_step_runs_and_reports_finite_times() {
+        let (cfg, settings) = tiny();
+        let r = train_step_cpu(&cfg, &LossConfig::new(), &settings).expect("finite steps");
+        assert!(r.last_loss.is_finite() && r.last_grad_norm.is_finite());
         assert!(r.step_seconds_median > 0.0 && r.images_per_second > 0.0);
         assert!(r.step_seconds_min <= r.step_seconds_median && r.step_seconds_median <= r.step_seconds_max);
+        let p = &r.phases_median;
+        assert!(p.forward > 0.0 && p.backward > 0.0 && p.grad_sync > 0.0 && p.optimizer > 0.0);
+    }
+
+    /// The bench times the step training runs: from the same weights and batch, the bench's steps
+    /// (profiled) and training's (not profiled) give bit-identical losses, norms and weights.
+    #[test]
+    fn the_bench_runs_the_training_step() {
+        use burn::backend::{Autodiff, Flex, flex::FlexDevice};
+        use swinfc_model::weights::{safetensors_bytes, state_dict};
+        type B = Autodiff<Flex>;
+        let (cfg, settings) = tiny();
+        // One initialisation for both: `init` seeds the backend's global RNG, which tests running
+        // in parallel share.
+        let model = cfg.init::<B>(settings.seed, &FlexDevice);
+        let batch = random_batch(&cfg, &settings);
+        let loss = LossConfig::new();
+        let mut bench = trainer(model.clone(), &loss, &settings, GradSync::Host, &FlexDevice);
+        let report = time_steps(&mut bench, &batch, &settings).expect("finite steps");
+
+        let sgd = Sgd::new(FlatLayout::of(&model), &FlexDevice);
+        let config = StepConfig {
+            profile: false,
+            ..bench.config().clone()
+        };
+        let mut training = Trainer::new(model, sgd, GradSync::Host, config, 0, FlexDevice);
+        let mut last = None;
+        for step in 0..(settings.warmup + settings.steps) as u64 {
+            let micro_batches = std::iter::once(Ok(batch.clone()));
+            last = Some(training.train_step(micro_batches, step, false, &mut LocalCollective));
+        }
+        let last = last.expect("steps ran").expect("finite steps");
+        assert_eq!(
+            (report.last_loss, report.last_grad_norm),
+            (last.losses.total, last.grad_norm)
+        );
+        let bytes = |t: &Trainer<B>| safetensors_bytes(&state_dict(t.model()), None).expect("f32 tensors");
+        assert!(bytes(&bench) == bytes(&training), "the weights differ");
     }
 }

@@ -9,10 +9,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod inference;
 pub mod optim;
+pub mod step;
 pub mod sync;
 pub mod trainer;
 pub mod worker;
 
 pub use config::TrainConfig;
+pub use step::{Losses, StepConfig, StepOutcome, Trainer};
 pub use trainer::{EvalResult, Resume, RunSummary, TrainError, train};
 pub use worker::{run_local, run_worker};

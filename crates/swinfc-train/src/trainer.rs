@@ -1,14 +1,16 @@
 //! One worker's training run, top to bottom as the algorithm: agree on where to start, build
-//! identical replicas, then per step: data → forward → losses → backward → all-reduce → step →
-//! metrics → checkpoint, with evaluation every `eval.every_steps` and at the end.
+//! identical replicas, then per step: data → forward → losses → backward → all-reduce → step
+//! ([`Trainer::train_step`]) → metrics → checkpoint, with evaluation every `eval.every_steps` and
+//! at the end.
 
 use std::collections::BTreeMap;
+use std::iter;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
+use burn::tensor::backend::ExecutionError;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 use swinfc_comm::{Collective, CommError, ControlClient, ServerCommand};
@@ -16,15 +18,12 @@ use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, TrainStream, eval_shard, open_dataset,
 };
 pub use swinfc_metrics::record::EvalResult;
-use swinfc_metrics::record::{
-    CheckpointRecord, EvalRecord, LearningRates, LossComponents, Phases, Record, StepRecord,
-};
-use swinfc_model::drop_path::splitmix64;
+use swinfc_metrics::record::{CheckpointRecord, EvalRecord, Record, StepRecord};
 use swinfc_model::weights::{
     StateDict, WeightsError, load_pretrained, load_state_dict, safetensors_bytes, state_dict,
     state_dict_from_bytes,
 };
-use swinfc_model::{ConfigError, SwinFc, TrainBackend, swinfc_loss};
+use swinfc_model::{ConfigError, SwinFc, TrainBackend};
 use tracing::{info, warn};
 
 use crate::checkpoint::{
@@ -32,7 +31,8 @@ use crate::checkpoint::{
     TrainState, latest_valid, verify,
 };
 use crate::config::TrainConfig;
-use crate::optim::{FlatLayout, Sgd, StepSettings, compute_copy, flatten_grads, learning_rate};
+use crate::optim::{FlatLayout, Sgd, compute_copy};
+use crate::step::{StepConfig, StepOutcome, Trainer};
 use crate::sync::GradSync;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,10 @@ pub enum TrainError {
     Replicas { rank: usize },
     #[error("{0} consecutive steps had a non-finite loss or gradient; stopping")]
     NonFinite(u32),
+    #[error("the training data ran out during step {step}")]
+    DataRanOut { step: u64 },
+    #[error("device: {0}")]
+    Device(#[from] ExecutionError),
     #[error("aborted by the launcher")]
     Aborted,
     #[error("{}: {source}", path.display())]
@@ -80,13 +84,6 @@ pub struct RunSummary {
     pub preempted: bool,
 }
 
-/// The six loss values ride in the gradient all-reduce (at the end of its buffer on the CPU).
-const LOSS_SLOTS: usize = 6;
-/// One more slot after the losses: how many ranks hold the launcher's stop request. Voting in the
-/// step's own all-reduce makes every rank stop after the same step, however late each one read
-/// the request.
-const STOP_SLOT: usize = 1;
-
 /// Trains on this worker. Every rank calls it with the same config and its own collective;
 /// `control` (absent for a single local process) carries heartbeats, reports and commands;
 /// `grad_sync` says where the gradients are summed (host and `comm`, or on the device).
@@ -95,275 +92,77 @@ pub fn train<B: TrainBackend>(
     resume: &Resume,
     comm: &mut dyn Collective,
     mut control: Option<&mut ControlClient>,
-    grad_sync: &mut GradSync<B::InnerBackend>,
+    grad_sync: GradSync<B::InnerBackend>,
     device: &B::Device,
 ) -> Result<RunSummary, TrainError> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let accum = cfg.grad_accum(world)?;
-    let micro = cfg.train.micro_batch;
     let data_cfg = DataConfig::from_yaml(&cfg.data)?;
     let dataset = Arc::new(open_dataset(&data_cfg)?);
-    let checkpoints = cfg.run.dir.join("checkpoints");
     if rank == 0 {
         write_resolved_config(cfg)?;
     }
 
-    // Where to start: rank 0 decides, everyone follows.
+    // Where to start: rank 0 decides, everyone follows with an identical replica.
     let start = agree_on_start(cfg, resume, comm)?;
-    let (mut model, mut sgd) = build_replicas::<B>(cfg, start.as_ref(), comm, device)?;
-    let (first_step, stream_start, mut best, mut nonfinite_streak) = match &start {
-        Some((_, s)) => (s.step, s.stream_position, s.best_accuracy, s.nonfinite_streak),
-        None => (0, 0, None, 0),
-    };
-    info!(rank, world, accum, micro, step = first_step, "training");
-
-    let global = (world * accum * micro) as u64;
-    let stream = TrainStream::new(cfg.run.seed, dataset.train.len());
-    let total = cfg.train.total_steps;
-    let requests = (first_step..total).flat_map(move |step| {
-        let step_start = stream_start + (step - first_step) * global;
-        (0..accum).map(move |a| {
-            BatchRequest::Train(stream.micro_batch_at(step_start, rank, world, accum, micro, a))
-        })
-    });
-    let mut loader = Loader::new(dataset.clone(), &data_cfg, cfg.run.seed, requests);
+    let (model, sgd) = build_replicas::<B>(cfg, start.as_ref(), comm, device)?;
+    let start = start.map(|(_, state)| state);
+    let streak = start.as_ref().map_or(0, |s| s.nonfinite_streak);
+    let step_cfg = StepConfig::of_run(cfg, accum);
+    let mut trainer = Trainer::new(model, sgd, grad_sync, step_cfg, streak, device.clone());
+    let mut run = Run::new(cfg, data_cfg, dataset, world, start.as_ref());
+    let mut loader = run.train_loader(rank, accum);
     let writer = (rank == 0).then(|| {
+        let c = &cfg.checkpoint;
         CheckpointWriter::new(
-            checkpoints,
-            cfg.checkpoint.keep_last,
-            cfg.checkpoint.keep_best,
+            cfg.run.dir.join("checkpoints"),
+            c.keep_last,
+            c.keep_best,
             Box::new(Disk),
         )
     });
-    let flat_len = sgd.layout().len;
-    let mut last_eval = None;
-    let mut stop_after = None;
-    let mut step = first_step;
-    // Loader skip counts already reported: records carry what was skipped since the previous one.
-    let mut skips_reported = BTreeMap::new();
+    let (total, mut step, mut stop_after) = (cfg.train.total_steps, run.first_step, None);
+    info!(
+        rank,
+        world,
+        accum,
+        micro = cfg.train.micro_batch,
+        step,
+        "training"
+    );
 
     while step < total {
-        if let Some(control) = control.as_deref_mut() {
-            match control.poll_command()? {
-                Some(ServerCommand::StopAfterStep(k)) => stop_after = Some(k),
-                Some(ServerCommand::Abort) => return Err(TrainError::Aborted),
-                None => {}
-            }
-            control.heartbeat(step, "train")?;
-        }
-        let t_step = Instant::now();
-        let wait_before = loader.wait_seconds();
-
-        // Data → forward → losses → backward, accumulated over this rank's micro-batches.
-        let copy = compute_copy(&model, cfg.train.precision);
-        let compute = copy.as_ref().unwrap_or(&model);
-        let mut flat: Option<Tensor<B::InnerBackend, 1>> = None;
-        let mut losses = [0.0f32; LOSS_SLOTS];
-        let mut samples = 0usize;
-        let (mut forward, mut backward) = (Duration::ZERO, Duration::ZERO);
-        for a in 0..accum {
-            let batch = loader
-                .next()
-                .ok_or_else(|| TrainError::Resume("the loader ran dry".into()))??;
-            samples += batch.labels.len();
-            let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images, batch.shape), device);
-            let labels =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [batch.shape[0]]), device);
-            let t_forward = Instant::now();
-            let out = compute.forward(images, Some(drop_key(cfg.run.seed, step, rank * accum + a)));
-            let parts = swinfc_loss(&out, labels, &cfg.loss);
-            let [s2, s3, s4] = &parts.stage_ce;
-            let values =
-                [&parts.total, &parts.backbone_ce, s2, s3, s4, &parts.contrastive].map(|t| t.clone().inner());
-            // One read for all six: it waits for the forward pass, so this is its real duration on
-            // GPU too, at the cost of one device synchronisation rather than six.
-            let values = Tensor::cat(values.to_vec(), 0).into_data().convert::<f32>();
-            let values = values.as_slice::<f32>().expect("converted to f32");
-            losses.iter_mut().zip(values).for_each(|(slot, v)| *slot += v);
-            forward += t_forward.elapsed();
-            let t_backward = Instant::now();
-            let grads = GradientsParams::from_grads(parts.total.backward(), compute);
-            let g = flatten_grads(compute, &grads);
-            flat = Some(match flat {
-                Some(acc) => acc + g,
-                None => g,
-            });
-            // Wait for the queued backward kernels so their time is not billed to grad_sync. A device
-            // error surfaces at the gradient read just below.
-            let _ = B::sync(device);
-            backward += t_backward.elapsed();
-        }
-        let t_sync = Instant::now();
-
-        // All-reduce gradients, losses and stop votes together, average over the global batch's
-        // micro-batches, clip.
-        let mut extra = losses.to_vec();
-        extra.push(f32::from(stop_after.is_some_and(|k| step + 1 >= k)));
-        let t_allreduce = Instant::now();
-        let synced = grad_sync.average(
-            flat.expect("accum ≥ 1"),
-            &extra,
-            world * accum,
-            cfg.train.grad_clip,
-            comm,
-        )?;
-        let allreduce_seconds = t_allreduce.elapsed().as_secs_f64();
-        let (norm, mut mean_losses) = (synced.norm, synced.extra);
-        // Averaged like the losses: any rank's vote leaves it above 0.
-        let stopping = mean_losses.pop().is_some_and(|votes| votes > 0.0);
-        let t_opt = Instant::now();
-
-        // Step; a non-finite norm or loss skips the step on every rank.
-        let lr = [cfg.train.lr_backbone, cfg.train.lr_new]
-            .map(|base| learning_rate(step, base, cfg.train.warmup_steps, total));
-        if norm.is_finite() && mean_losses.iter().all(|l| l.is_finite()) {
-            nonfinite_streak = 0;
-            let settings = StepSettings {
-                lr_backbone: lr[0],
-                lr_new: lr[1],
-                momentum: cfg.train.momentum,
-                weight_decay: cfg.train.weight_decay,
-            };
-            model = sgd.step(model, synced.grad, settings);
-        } else {
-            nonfinite_streak += 1;
-            warn!(rank, step, norm, "non-finite loss or gradient: step skipped");
-            if nonfinite_streak > cfg.train.max_nonfinite_steps {
-                return Err(TrainError::NonFinite(nonfinite_streak));
-            }
-        }
-        step += 1;
-        let t_end = Instant::now();
-        // Samples of the training stream consumed so far: the whole resume state of the sampler.
-        let position = stream_start + (step - first_step) * global;
+        let stop_vote = poll_launcher(control.as_deref_mut(), step, &mut stop_after)?;
+        // Data → forward → losses → backward → all-reduce → clip → SGD update.
+        let outcome = trainer.train_step(iter::from_fn(|| loader.next()), step, stop_vote, comm)?;
+        step = outcome.step;
 
         // Metrics.
-        let data_wait = loader.wait_seconds() - wait_before;
-        // Only a launched worker has someone to report to.
         if let Some(control) = control.as_deref_mut() {
-            let seconds = (t_end - t_step).as_secs_f64();
-            let [forward, backward] = [forward, backward].map(|d| d.as_secs_f64());
-            let (grad_sync, optimizer) = ((t_opt - t_sync).as_secs_f64(), (t_end - t_opt).as_secs_f64());
-            let other = (seconds - data_wait - forward - backward - grad_sync - optimizer).max(0.0);
-            let train_len = stream.train_len().max(1) as u64;
-            let skips = loader.skip_counts();
-            let skipped: BTreeMap<String, u64> = skips
-                .iter()
-                .map(|(reason, n)| (reason.clone(), n - skips_reported.get(reason).unwrap_or(&0)))
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            let record = Record::Step(StepRecord {
-                step,
-                samples: samples as u64,
-                epoch: stream.epoch_of(position),
-                epoch_progress_ratio: (position % train_len) as f64 / train_len as f64,
-                loss: finite(mean_losses[0]),
-                loss_components: LossComponents {
-                    backbone_ce: finite(mean_losses[1]),
-                    stage2_ce: finite(mean_losses[2]),
-                    stage3_ce: finite(mean_losses[3]),
-                    stage4_ce: finite(mean_losses[4]),
-                    contrastive: finite(mean_losses[5]),
-                },
-                lr: LearningRates {
-                    backbone: lr[0],
-                    new: lr[1],
-                },
-                grad_norm: finite(norm),
-                nonfinite: u64::from(nonfinite_streak > 0),
-                seconds,
-                phases: Phases {
-                    data_wait,
-                    forward,
-                    backward,
-                    grad_sync,
-                    optimizer,
-                    other,
-                },
-                allreduce_seconds,
-                allreduce_bytes: ((flat_len + LOSS_SLOTS + STOP_SLOT) * 4) as u64,
-                skipped,
-            });
-            report(control, record)?;
-            skips_reported = skips;
+            report(
+                control,
+                Record::Step(run.step_record(&outcome, loader.skip_counts())),
+            )?;
         }
         if rank == 0 && (step % cfg.metrics.log_every.max(1) == 0 || step == total) {
-            info!(
-                rank,
-                step,
-                loss = mean_losses[0],
-                grad_norm = norm,
-                lr = lr[1],
-                "step"
-            );
+            let (loss, grad_norm, lr) = (outcome.losses.total, outcome.grad_norm, outcome.lr.new);
+            info!(rank, step, loss, grad_norm, lr, "step");
         }
 
         // Evaluation and checkpoints.
-        let eval_due = step == total || (cfg.eval.every_steps > 0 && step % cfg.eval.every_steps == 0);
-        let mut accuracy = None;
-        if eval_due && !stopping {
-            if let Some(control) = control.as_deref_mut() {
-                control.heartbeat(step, "eval")?;
-            }
-            let copy = compute_copy(&model, cfg.train.precision);
-            let compute = copy.as_ref().unwrap_or(&model);
-            let result = evaluate(compute, &dataset, &data_cfg, cfg, step, comm, device)?;
-            info!(
-                rank,
-                step,
-                top1 = result.combined,
-                backbone = result.backbone,
-                samples = result.samples,
-                "eval"
-            );
-            if let Some(control) = control.as_deref_mut() {
-                report(
-                    control,
-                    Record::Eval(EvalRecord {
-                        split: "test".into(),
-                        result,
-                    }),
-                )?;
-            }
-            best = Some(best.map_or(result.combined, |b: f64| b.max(result.combined)));
-            accuracy = Some(result.combined);
-            last_eval = Some(result);
-        }
-        let save_due = step == total
-            || stopping
-            || (cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0);
-        if save_due && let Some(writer) = &writer {
-            let started = Instant::now();
-            let reason = if step == total {
-                SaveReason::Final
-            } else if stopping {
-                SaveReason::Preemption
-            } else {
-                SaveReason::Periodic
-            };
-            let state = TrainState {
-                step,
-                epoch: stream.epoch_of(position),
-                stream_position: position,
-                seed: cfg.run.seed,
-                config_hash: cfg.hash(),
-                world_size: world,
-                micro_batch: micro,
-                global_batch: cfg.train.global_batch,
-                accuracy,
-                best_accuracy: best,
-                nonfinite_streak,
-            };
-            writer.submit(
-                checkpoint_data(&model, &sgd, state, cfg, &dataset.classes),
-                reason,
-                started,
-            );
-        }
+        let accuracy = maybe_evaluate(
+            &mut run,
+            &trainer,
+            step,
+            outcome.stopping,
+            comm,
+            control.as_deref_mut(),
+        )?;
         if let Some(writer) = &writer {
+            maybe_save(writer, &run, &trainer, step, outcome.stopping, accuracy);
             report_saves(writer.finished(), control.as_deref_mut())?;
         }
-        if stopping {
+        if outcome.stopping {
             info!(rank, step, "stopping after this step as the launcher asked");
             break;
         }
@@ -378,15 +177,196 @@ pub fn train<B: TrainBackend>(
     comm.barrier()?;
     Ok(RunSummary {
         steps: step,
-        last_eval,
+        last_eval: run.last_eval,
         preempted: step < total,
     })
 }
 
-/// Drop-path key of one micro-batch: keyed by its global index, not by rank, so any split of the
-/// global batch across workers drops the same branches.
-fn drop_key(seed: u64, step: u64, micro_batch: usize) -> u64 {
-    splitmix64(seed ^ splitmix64(step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ splitmix64(micro_batch as u64)))
+/// The run around the steps: its data, where the training stream stands, and what evaluation
+/// has found so far.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    data_cfg: DataConfig,
+    dataset: Arc<Dataset>,
+    stream: TrainStream,
+    world: usize,
+    /// The step and the stream position this run started (or resumed) at.
+    first_step: u64,
+    stream_start: u64,
+    /// Samples per step, over all ranks.
+    global: u64,
+    best: Option<f64>,
+    last_eval: Option<EvalResult>,
+    /// Loader skip counts already reported: records carry what was skipped since the previous one.
+    skips_reported: BTreeMap<String, u64>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        cfg: &'a TrainConfig,
+        data_cfg: DataConfig,
+        dataset: Arc<Dataset>,
+        world: usize,
+        start: Option<&TrainState>,
+    ) -> Self {
+        Self {
+            cfg,
+            data_cfg,
+            stream: TrainStream::new(cfg.run.seed, dataset.train.len()),
+            dataset,
+            world,
+            first_step: start.map_or(0, |s| s.step),
+            stream_start: start.map_or(0, |s| s.stream_position),
+            global: cfg.train.global_batch as u64,
+            best: start.and_then(|s| s.best_accuracy),
+            last_eval: None,
+            skips_reported: BTreeMap::new(),
+        }
+    }
+
+    /// Samples of the training stream consumed after `step` steps: the whole resume state of
+    /// the sampler.
+    fn position(&self, step: u64) -> u64 {
+        self.stream_start + (step - self.first_step) * self.global
+    }
+
+    /// This rank's micro-batches of every remaining step, in order.
+    fn train_loader(&self, rank: usize, accum: usize) -> Loader {
+        let (stream, world, micro) = (self.stream, self.world, self.cfg.train.micro_batch);
+        let (first_step, stream_start, global) = (self.first_step, self.stream_start, self.global);
+        let requests = (first_step..self.cfg.train.total_steps).flat_map(move |step| {
+            let step_start = stream_start + (step - first_step) * global;
+            (0..accum).map(move |a| {
+                BatchRequest::Train(stream.micro_batch_at(step_start, rank, world, accum, micro, a))
+            })
+        });
+        Loader::new(self.dataset.clone(), &self.data_cfg, self.cfg.run.seed, requests)
+    }
+
+    /// The step's record, given the loader's skip counts so far.
+    fn step_record(&mut self, outcome: &StepOutcome, skips: BTreeMap<String, u64>) -> StepRecord {
+        let position = self.position(outcome.step);
+        let train_len = self.stream.train_len().max(1) as u64;
+        let skipped = skips
+            .iter()
+            .map(|(reason, n)| (reason.clone(), n - self.skips_reported.get(reason).unwrap_or(&0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        self.skips_reported = skips;
+        outcome.record(
+            self.stream.epoch_of(position),
+            (position % train_len) as f64 / train_len as f64,
+            skipped,
+        )
+    }
+}
+
+/// A heartbeat, and the launcher's commands: returns this rank's vote to stop after `step`.
+fn poll_launcher(
+    control: Option<&mut ControlClient>,
+    step: u64,
+    stop_after: &mut Option<u64>,
+) -> Result<bool, TrainError> {
+    if let Some(control) = control {
+        match control.poll_command()? {
+            Some(ServerCommand::StopAfterStep(k)) => *stop_after = Some(k),
+            Some(ServerCommand::Abort) => return Err(TrainError::Aborted),
+            None => {}
+        }
+        control.heartbeat(step, "train")?;
+    }
+    Ok(stop_after.is_some_and(|k| step + 1 >= k))
+}
+
+/// Evaluates on the test split every `eval.every_steps` and after the last step, unless the run
+/// is stopping; returns the combined top-1.
+fn maybe_evaluate<B: TrainBackend>(
+    run: &mut Run,
+    trainer: &Trainer<B>,
+    step: u64,
+    stopping: bool,
+    comm: &mut dyn Collective,
+    mut control: Option<&mut ControlClient>,
+) -> Result<Option<f64>, TrainError> {
+    let cfg = run.cfg;
+    let every = cfg.eval.every_steps;
+    if stopping || !(step == cfg.train.total_steps || (every > 0 && step.is_multiple_of(every))) {
+        return Ok(None);
+    }
+    if let Some(control) = control.as_deref_mut() {
+        control.heartbeat(step, "eval")?;
+    }
+    let copy = compute_copy(trainer.model(), cfg.train.precision);
+    let model = copy.as_ref().unwrap_or(trainer.model());
+    let result = evaluate(
+        model,
+        &run.dataset,
+        &run.data_cfg,
+        cfg,
+        step,
+        comm,
+        trainer.device(),
+    )?;
+    info!(
+        rank = comm.rank(),
+        step,
+        top1 = result.combined,
+        backbone = result.backbone,
+        samples = result.samples,
+        "eval"
+    );
+    if let Some(control) = control {
+        report(
+            control,
+            Record::Eval(EvalRecord {
+                split: "test".into(),
+                result,
+            }),
+        )?;
+    }
+    run.best = Some(run.best.map_or(result.combined, |b| b.max(result.combined)));
+    run.last_eval = Some(result);
+    Ok(Some(result.combined))
+}
+
+/// Hands rank 0's checkpoint to the background writer every `checkpoint.every_steps`, after the
+/// last step and when the run is stopping.
+fn maybe_save<B: TrainBackend>(
+    writer: &CheckpointWriter,
+    run: &Run,
+    trainer: &Trainer<B>,
+    step: u64,
+    stopping: bool,
+    accuracy: Option<f64>,
+) {
+    let started = Instant::now();
+    let cfg = run.cfg;
+    let every = cfg.checkpoint.every_steps;
+    let reason = if step == cfg.train.total_steps {
+        SaveReason::Final
+    } else if stopping {
+        SaveReason::Preemption
+    } else if every > 0 && step.is_multiple_of(every) {
+        SaveReason::Periodic
+    } else {
+        return;
+    };
+    let position = run.position(step);
+    let state = TrainState {
+        step,
+        epoch: run.stream.epoch_of(position),
+        stream_position: position,
+        seed: cfg.run.seed,
+        config_hash: cfg.hash(),
+        world_size: run.world,
+        micro_batch: cfg.train.micro_batch,
+        global_batch: cfg.train.global_batch,
+        accuracy,
+        best_accuracy: run.best,
+        nonfinite_streak: trainer.nonfinite_streak(),
+    };
+    let data = checkpoint_data(trainer.model(), trainer.sgd(), state, cfg, &run.dataset.classes);
+    writer.submit(data, reason, started);
 }
 
 fn write_resolved_config(cfg: &TrainConfig) -> Result<(), TrainError> {
@@ -556,11 +536,6 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
 fn report(control: &mut ControlClient, record: Record) -> Result<(), TrainError> {
     let value = serde_json::to_value(record).expect("records have string keys and no custom serialisers");
     Ok(control.report(value)?)
-}
-
-/// A mean that records carry as `null` when it is not finite.
-fn finite(x: impl Into<f64>) -> Option<f64> {
-    Some(x.into()).filter(|x| x.is_finite())
 }
 
 /// Top-1 of every head on this rank's shard of the test split, summed over ranks.

@@ -55,7 +55,7 @@ fn on_backend(
         .into());
     }
     info!("backend: cpu (flex), precision fp32, gradients summed on the host");
-    train::<Autodiff<Flex>>(cfg, resume, comm, control, &mut GradSync::Host, &FlexDevice)
+    train::<Autodiff<Flex>>(cfg, resume, comm, control, GradSync::Host, &FlexDevice)
 }
 
 /// GPU 0 (the launcher gives each worker its own through `CUDA_VISIBLE_DEVICES`).
@@ -66,20 +66,12 @@ fn on_cuda(
     comm: &mut dyn Collective,
     mut control: Option<&mut ControlClient>,
 ) -> Result<RunSummary, TrainError> {
-    use burn::backend::{Cuda, cuda::CudaDevice};
-    use burn::tensor::{FloatDType, IntDType, set_default_dtypes};
+    use burn::backend::Cuda;
 
     use crate::sync::NcclAllReduce;
 
-    let device = CudaDevice::new(0);
-    if cfg.train.precision == Precision::Bf16 {
-        // Before the first tensor on the device: inputs, masks and the compute copy of the model
-        // are then bf16, while the master weights, gradients and momentum stay f32 (they are
-        // created as f32 explicitly).
-        set_default_dtypes::<Cuda>(&device, FloatDType::BF16, IntDType::I32)
-            .map_err(|e| ConfigError::new("train.precision", format!("bf16 on this GPU: {e:?}")))?;
-    }
-    let mut grad_sync = match control.as_deref_mut() {
+    let device = cuda_device(cfg.train.precision)?;
+    let grad_sync = match control.as_deref_mut() {
         Some(control) => GradSync::Device(Box::new(NcclAllReduce {
             comm: swinfc_comm::nccl::NcclComm::connect(control, 0, COMM_TIMEOUT)?,
             timeout: COMM_TIMEOUT,
@@ -91,7 +83,24 @@ fn on_cuda(
         gradients = if control.is_some() { "nccl" } else { "local" },
         "backend: cuda"
     );
-    train::<Autodiff<Cuda>>(cfg, resume, comm, control, &mut grad_sync, &device)
+    train::<Autodiff<Cuda>>(cfg, resume, comm, control, grad_sync, &device)
+}
+
+/// GPU 0, set up for `precision`. Call it before any tensor exists on the GPU.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_device(precision: Precision) -> Result<burn::backend::cuda::CudaDevice, ConfigError> {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    use burn::tensor::{FloatDType, IntDType, set_default_dtypes};
+
+    let device = CudaDevice::new(0);
+    if precision == Precision::Bf16 {
+        // Before the first tensor on the device: inputs, masks and the compute copy of the model
+        // are then bf16, while the master weights, gradients and momentum stay f32 (they are
+        // created as f32 explicitly).
+        set_default_dtypes::<Cuda>(&device, FloatDType::BF16, IntDType::I32)
+            .map_err(|e| ConfigError::new("train.precision", format!("bf16 on this GPU: {e:?}")))?;
+    }
+    Ok(device)
 }
 
 impl std::str::FromStr for Resume {
