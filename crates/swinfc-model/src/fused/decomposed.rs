@@ -61,27 +61,22 @@ pub fn window_softmax_forward<B: Backend>(
     burn::tensor::activation::softmax(s, 3)
 }
 
-const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
-
-pub fn gelu_exact<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
-    let cdf = x
-        .clone()
-        .mul_scalar(FRAC_1_SQRT_2)
+/// Φ(x) = ½·(1 + erf(x/√2)), the standard normal CDF.
+fn normal_cdf<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+    x.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
         .erf()
         .add_scalar(1.0)
-        .mul_scalar(0.5);
-    x * cdf
+        .mul_scalar(0.5)
 }
 
+pub fn gelu_exact<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+    x.clone() * normal_cdf(x)
+}
+
+/// g·(Φ(x) + x·φ(x)).
 pub fn gelu_exact_backward<B: Backend>(x: Tensor<B, 1>, g: Tensor<B, 1>) -> Tensor<B, 1> {
     // 1/√(2π)
     const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-    let cdf = x
-        .clone()
-        .mul_scalar(FRAC_1_SQRT_2)
-        .erf()
-        .add_scalar(1.0)
-        .mul_scalar(0.5);
     let pdf = x.clone().square().mul_scalar(-0.5).exp().mul_scalar(INV_SQRT_2PI);
-    g * (cdf + x * pdf)
+    g * (normal_cdf(x.clone()) + x * pdf)
 }

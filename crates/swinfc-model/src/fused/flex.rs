@@ -287,3 +287,74 @@ fn lanes(n: usize, f: impl Fn(usize) -> f32) -> f32 {
 fn add_to(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, x)| *a += x);
 }
+
+/// The Flex kernels against the decomposed defaults that every other backend (CUDA) runs, kernel
+/// by kernel on the same values: this is the CUDA path's arithmetic, checked on the CPU.
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::*;
+
+    fn random<const D: usize>(shape: [usize; D]) -> Tensor<Flex, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &FlexDevice)
+    }
+
+    fn assert_close<const D: usize>(what: &str, a: Tensor<Flex, D>, b: Tensor<Flex, D>) {
+        let (a, b) = (
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap(),
+        );
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let diff = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            a.len() == b.len() && diff <= 1e-5 * scale,
+            "{what}: {diff:e} vs scale {scale:e}"
+        );
+    }
+
+    #[test]
+    fn flex_kernels_equal_the_decomposed_defaults() {
+        let (x, g, gamma, beta) = (random([150, 37]), random([150, 37]), random([37]), random([37]));
+        let [y, xhat, rstd] = Flex::layer_norm_forward(x.clone(), gamma.clone(), Some(beta.clone()), 1e-5);
+        let [y_ref, xhat_ref, rstd_ref] = decomposed::layer_norm_forward(x, gamma.clone(), Some(beta), 1e-5);
+        assert_close("ln y", y, y_ref);
+        assert_close("ln rstd", rstd.clone(), rstd_ref);
+        let (dx, dgamma, dbeta) =
+            Flex::layer_norm_backward(g.clone(), xhat.clone(), rstd.clone(), gamma.clone());
+        let (dx_ref, dgamma_ref, dbeta_ref) = decomposed::layer_norm_backward(g, xhat_ref, rstd, gamma);
+        assert_close("ln dx", dx, dx_ref);
+        assert_close("ln dgamma", dgamma, dgamma_ref);
+        assert_close("ln dbeta", dbeta, dbeta_ref);
+
+        for shape in [[6, 13, 1], [4, 9, 5]] {
+            let y = Flex::softmax_forward(random(shape));
+            let g = random(shape);
+            let dx = Flex::softmax_backward(y.clone(), g.clone());
+            assert_close("softmax dx", dx, decomposed::softmax_backward(y, g));
+        }
+
+        let (scores, bias, mask) = (random([8, 2, 9, 9]), random([2, 9, 9]), random([4, 9, 9]));
+        let y = Flex::window_softmax_forward(scores.clone(), bias.clone(), Some(mask.clone()));
+        assert_close(
+            "window y",
+            y,
+            decomposed::window_softmax_forward(scores, bias, Some(mask)),
+        );
+        let ds = random([8, 2, 9, 9]);
+        let dbias_ref = ds.clone().sum_dim(0).reshape([2, 9, 9]);
+        assert_close("window dbias", Flex::window_bias_backward(ds), dbias_ref);
+
+        let (x, g) = (random([300]).mul_scalar(3.0), random([300]));
+        assert_close(
+            "gelu y",
+            Flex::gelu_exact(x.clone()),
+            decomposed::gelu_exact(x.clone()),
+        );
+        assert_close(
+            "gelu dx",
+            Flex::gelu_exact_backward(x.clone(), g.clone()),
+            decomposed::gelu_exact_backward(x, g),
+        );
+    }
+}
