@@ -61,6 +61,12 @@ pub fn window_softmax_forward<B: Backend>(
     burn::tensor::activation::softmax(s, 3)
 }
 
+/// Σ over the windows of ds [B·nW, heads, N, N].
+pub fn window_bias_backward<B: Backend>(ds: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [_, h, n, _] = ds.dims();
+    ds.sum_dim(0).reshape([h, n, n])
+}
+
 /// Φ(x) = ½·(1 + erf(x/√2)), the standard normal CDF.
 fn normal_cdf<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
     x.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)

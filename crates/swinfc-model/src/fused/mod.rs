@@ -70,8 +70,7 @@ pub trait FusedKernels: Backend {
 
     /// The bias gradient from the scores' gradient ds [B·nW, heads, N, N]: the sum over windows.
     fn window_bias_backward(ds: Tensor<Self, 4>) -> Tensor<Self, 3> {
-        let [_, h, n, _] = ds.dims();
-        ds.sum_dim(0).reshape([h, n, n])
+        decomposed::window_bias_backward(ds)
     }
 
     /// GELU with the exact erf, as timm's `nn.GELU()`: 0.5·x·(1 + erf(x/√2)).
@@ -87,11 +86,10 @@ pub trait FusedKernels: Backend {
 }
 
 /// CUDA (fusion over CubeBackend) takes the decomposed kernels: fusion turns their element-wise
-/// chains into few kernels.
+/// chains into few kernels. bf16 runs on this same backend, with bf16 as the device's default
+/// float type.
 #[cfg(feature = "cuda")]
-impl FusedKernels for burn::backend::Cuda<f32> {}
-#[cfg(feature = "cuda")]
-impl FusedKernels for burn::backend::Cuda<burn::tensor::bf16> {}
+impl FusedKernels for burn::backend::Cuda {}
 
 /// The fused ops as the model calls them, on primitives of any rank (see the module functions).
 pub trait FusedOps: Backend {
@@ -122,9 +120,8 @@ impl<B: FusedKernels> FusedOps for B {
         beta: Option<FloatTensor<B>>,
         eps: f64,
     ) -> FloatTensor<B> {
-        let shape = x.shape();
-        let [y, _, _] = B::layer_norm_forward(as_rows::<B>(x), float(gamma), beta.map(float), eps);
-        B::float_reshape(y.into_primitive().tensor(), shape)
+        // Nothing to keep for a backward: the backend's own LayerNorm (fused on Flex).
+        B::layer_norm(x, gamma, beta, eps)
     }
 
     fn fused_softmax(x: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
