@@ -15,6 +15,10 @@ use swinfc_train::config::Precision;
 use swinfc_train::{Resume, RunSummary, TrainConfig, inference};
 use tracing::info;
 
+/// Training's activation buffers are reused across steps instead of page-faulted in afresh.
+#[global_allocator]
+static ALLOCATOR: swinfc_alloc::TensorCache = swinfc_alloc::TensorCache::new();
+
 #[derive(Parser)]
 #[command(name = "swinfc", version, about = "SwinFC fine-grained classification: tools")]
 struct Cli {
