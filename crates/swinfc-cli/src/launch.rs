@@ -25,6 +25,9 @@ struct Cli {
     /// This many CPU workers, sharing the cores.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Threads of each CPU worker (default: the cores shared evenly among the workers).
+    #[arg(long, requires = "cpu", value_parser = clap::value_parser!(u64).range(1..))]
+    threads_per_worker: Option<u64>,
     config: PathBuf,
     /// Override a config key, e.g. `--set train.lr_new=0.01` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -115,6 +118,7 @@ fn run() -> Result<ExitCode> {
         setup_timeout: cli.setup_timeout,
         step_timeout: cli.step_timeout,
         metrics_linger: cli.metrics_linger,
+        threads_per_worker: cli.threads_per_worker.map(|t| t as usize),
         slurm_requeue_id: slurm.requeue_id,
     };
     Ok(match launch(opts)? {

@@ -153,9 +153,15 @@ fn a_launch_exports_the_catalogue_events_and_plot_through_a_restart() {
         replayed >= 1.0 && executed == STEPS + replayed,
         "{executed} executed, {replayed} replayed"
     );
-    assert_eq!(
-        sum(&after, "swinfc_train_samples_total", &[]),
-        executed * GLOBAL_BATCH
+    // `executed` counts rank 0's records. A worker killed (rank 1) or stopped (rank 0, by the
+    // launcher) between finishing a step and reporting it leaves the ranks one step apart, no more.
+    let per_rank = GLOBAL_BATCH / 2.0;
+    let rank0 = sum(&after, "swinfc_train_samples_total", &[r#"rank="0""#]);
+    let rank1 = sum(&after, "swinfc_train_samples_total", &[r#"rank="1""#]);
+    assert_eq!(rank0, executed * per_rank);
+    assert!(
+        (rank1 - rank0).abs() <= per_rank,
+        "rank 1 counted {rank1} samples, rank 0 {rank0}"
     );
     assert_eq!(sum(&after, "swinfc_train_step", &[]), STEPS);
     assert_eq!(

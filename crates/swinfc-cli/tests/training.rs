@@ -117,6 +117,40 @@ fn resume_auto_skips_a_torn_checkpoint() {
     assert_eq!(model_bytes(full.path(), 6), model_bytes(torn.path(), 6));
 }
 
+/// Two workers with 1 and with 2 threads each, each twice: the same bits. At 128² and embed 32 the
+/// stage-1 gemms pass Flex's threshold for splitting across threads (192³ multiply-adds), and the
+/// fused kernels split by rows at any size.
+#[test]
+fn two_workers_give_bit_identical_weights_with_one_and_with_two_threads_each() {
+    let run = |threads: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let wider = [
+            "--set",
+            "model.img_size=128",
+            "--set",
+            "model.embed_dim=32",
+            "--set",
+            "data.crop=128",
+            "--set",
+            "data.resize=136",
+            "--set",
+            "data.img_size=144",
+            "--set",
+            "train.total_steps=3",
+            "--threads-per-worker",
+            threads,
+        ];
+        train_workers(&config, 2, &wider);
+        (model_bytes(dir.path(), 3), dir)
+    };
+    let ((one_a, _a), (one_b, _b)) = (run("1"), run("1"));
+    assert!(one_a == one_b, "1 thread per worker: two runs differ");
+    let ((two_a, _c), (two_b, _d)) = (run("2"), run("2"));
+    assert!(two_a == two_b, "2 threads per worker: two runs differ");
+    assert!(one_a == two_a, "1 and 2 threads per worker differ");
+}
+
 #[test]
 fn two_workers_equal_one_worker_with_gradient_accumulation() {
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

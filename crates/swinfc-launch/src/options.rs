@@ -74,6 +74,8 @@ pub struct LaunchOptions {
     pub step_timeout: Duration,
     /// How long `/metrics` stays up after the run ends.
     pub metrics_linger: Duration,
+    /// Threads of each CPU worker (Burn's rayon pool); default: this node's cores / workers.
+    pub threads_per_worker: Option<usize>,
     /// Under Slurm: the id `scontrol requeue` takes (`<array job>_<task>` for arrays).
     pub slurm_requeue_id: Option<String>,
 }

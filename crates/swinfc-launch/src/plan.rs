@@ -63,7 +63,9 @@ impl Plan {
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Plan {
-            threads_per_worker: (cores / opts.devices.count()).max(1),
+            threads_per_worker: opts
+                .threads_per_worker
+                .unwrap_or((cores / opts.devices.count()).max(1)),
             cfg,
             devices: opts.devices.clone(),
             nnodes: opts.nnodes,

@@ -5,6 +5,7 @@
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::config::StageGeometry;
+use crate::fused::FusedOps;
 use crate::swin::{roll_forward, window_reverse};
 
 /// One block's post-softmax attention [B·nW, heads, N, N] and the shift it was computed under.
@@ -16,7 +17,7 @@ pub struct AttentionMap<B: Backend> {
 /// Selected positions [B, blocks·heads] (block 0's heads, then block 1's), as raster indices
 /// into the stage's H×W grid. With several windows, each window's column means are put back at
 /// their image positions (window reverse, then the roll undone) before the argmax.
-pub fn select_tokens<B: Backend>(maps: &[AttentionMap<B>], geom: StageGeometry) -> Tensor<B, 2, Int> {
+pub fn select_tokens<B: FusedOps>(maps: &[AttentionMap<B>], geom: StageGeometry) -> Tensor<B, 2, Int> {
     let (r, w) = (geom.resolution, geom.window);
     let picks = maps
         .iter()

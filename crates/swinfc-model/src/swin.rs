@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::config::StageGeometry;
 use crate::drop_path::drop_path;
-use crate::fused::{FusedOps, LAYER_NORM_EPS, gelu, layer_norm as norm, window_softmax};
+use crate::fused::{FusedOps, LAYER_NORM_EPS, gelu, layer_norm as norm, permute, window_softmax};
 
 /// The mask value timm adds between tokens of different shifted regions.
 const MASKED: f32 = -100.0;
@@ -47,7 +47,7 @@ impl<B: Backend> PatchEmbed<B> {
 impl<B: FusedOps> PatchEmbed<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = self.proj.forward(images); // [B, C, H/p, W/p]
-        norm(&self.norm, x.permute([0, 2, 3, 1])) // [B, H/p, W/p, C]
+        norm(&self.norm, permute(x, [0, 2, 3, 1])) // [B, H/p, W/p, C]
     }
 }
 
@@ -84,11 +84,7 @@ impl<B: FusedOps> WindowAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [bw, n, c] = x.dims();
         let (h, hd) = (self.heads, c / self.heads);
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([bw, n, 3, h, hd])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = permute(self.qkv.forward(x).reshape([bw, n, 3, h, hd]), [2, 0, 3, 1, 4]);
         let part = |i| qkv.clone().narrow(0, i, 1).reshape([bw, h, n, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
 
@@ -101,7 +97,7 @@ impl<B: FusedOps> WindowAttention<B> {
         let scores = q.mul_scalar((hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3));
         // softmax(scores + bias + mask): mask [nW, N, N] repeats for every image of the batch.
         let attn = window_softmax(scores, bias, mask);
-        let out = attn.clone().matmul(v).swap_dims(1, 2).reshape([bw, n, c]);
+        let out = permute(attn.clone().matmul(v), [0, 2, 1, 3]).reshape([bw, n, c]);
         (self.proj.forward(out), attn)
     }
 }
@@ -215,10 +211,12 @@ impl<B: FusedOps> PatchMerging<B> {
         let [b, h, w, c] = x.dims();
         // timm: reshape(B,H/2,2,W/2,2,C).permute(0,1,3,4,2,5): channel blocks in the order
         // (0,0), (1,0), (0,1), (1,1) of (row, col) offsets, as the official concat.
-        let x = x
-            .reshape([b, h / 2, 2, w / 2, 2, c])
-            .permute([0, 1, 3, 4, 2, 5])
-            .reshape([b, h / 2, w / 2, 4 * c]);
+        let x = permute(x.reshape([b, h / 2, 2, w / 2, 2, c]), [0, 1, 3, 4, 2, 5]).reshape([
+            b,
+            h / 2,
+            w / 2,
+            4 * c,
+        ]);
         self.reduction.forward(norm(&self.norm, x))
     }
 }
@@ -248,21 +246,20 @@ impl<B: FusedOps> SwinStage<B> {
 }
 
 /// x [B, H, W, C] → windows [B·nW, w², C], row-major over the window grid, batch-major.
-pub fn window_partition<B: Backend>(x: Tensor<B, 4>, w: usize) -> Tensor<B, 3> {
+pub fn window_partition<B: FusedOps>(x: Tensor<B, 4>, w: usize) -> Tensor<B, 3> {
     let [b, h, wd, c] = x.dims();
-    x.reshape([b, h / w, w, wd / w, w, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b * (h / w) * (wd / w), w * w, c])
+    permute(x.reshape([b, h / w, w, wd / w, w, c]), [0, 1, 3, 2, 4, 5]).reshape([
+        b * (h / w) * (wd / w),
+        w * w,
+        c,
+    ])
 }
 
 /// The exact inverse of [`window_partition`]: windows [B·nW, w², C] → [B, H, W, C].
-pub fn window_reverse<B: Backend>(windows: Tensor<B, 3>, w: usize, h: usize, wd: usize) -> Tensor<B, 4> {
+pub fn window_reverse<B: FusedOps>(windows: Tensor<B, 3>, w: usize, h: usize, wd: usize) -> Tensor<B, 4> {
     let [bw, _, c] = windows.dims();
     let b = bw / ((h / w) * (wd / w));
-    windows
-        .reshape([b, h / w, wd / w, w, w, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b, h, wd, c])
+    permute(windows.reshape([b, h / w, wd / w, w, w, c]), [0, 1, 3, 2, 4, 5]).reshape([b, h, wd, c])
 }
 
 /// torch.roll(x, (−s, −s), dims=(1, 2)): the cyclic shift before shifted-window attention.

@@ -1,4 +1,4 @@
-//! The fused ops (LayerNorm, softmax, the window attention's masked softmax, GELU) against
+//! The fused ops (LayerNorm, softmax, the window attention's masked softmax, GELU, permute) against
 //! PyTorch's values (tests/fixtures/fused, from make_fused.py: f64 references) and against
 //! Burn's own decomposed ops, forward and gradient; and bit-identical on 1 and 4 threads.
 
@@ -203,6 +203,43 @@ fn gelu_matches_pytorch_and_burn() {
     assert_close("dx vs burn", dx, dx_burn, 1e-5);
 }
 
+/// The materialised permute gives Burn's permute's values and gradient exactly, on contiguous
+/// inputs and on strided views (a transpose, a narrowed slice), for runs of every kind: a
+/// contiguous tail (window partition), a strided last dim (patch embedding's NCHW → NHWC).
+#[test]
+fn permute_equals_burns_permute_forward_and_backward() {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<B, 4>::random([3, 6, 10, 5], normal, &FlexDevice);
+    let strided = [
+        x.clone(),
+        x.clone().swap_dims(1, 2).reshape([3, 6, 10, 5]), // contiguous again after the copy
+        x.clone()
+            .swap_dims(2, 3)
+            .narrow(3, 1, 6)
+            .narrow(2, 0, 5)
+            .swap_dims(2, 3),
+    ];
+    let axes = [
+        [0, 2, 1, 3],
+        [0, 2, 3, 1],
+        [3, 2, 1, 0],
+        [0, 1, 2, 3],
+        [1, 0, 3, 2],
+    ];
+    for (i, x) in strided.into_iter().enumerate() {
+        for axes in axes {
+            let dims = x.dims();
+            let out_dims = axes.map(|a| dims[a]);
+            let g = Tensor::<B, 4>::random(out_dims, normal, &FlexDevice);
+            let (y, [dx]) = run([x.clone()], g.clone(), |[x]| fused::permute(x, axes));
+            let axes_signed = axes.map(|a| a as isize);
+            let (y_burn, [dx_burn]) = run([x.clone()], g, |[x]| x.permute(axes_signed));
+            assert_eq!(bits(y), bits(y_burn), "input {i}, axes {axes:?}: values");
+            assert_eq!(bits(dx), bits(dx_burn), "input {i}, axes {axes:?}: gradient");
+        }
+    }
+}
+
 fn bits<const D: usize>(t: Tensor<B, D>) -> Vec<u32> {
     t.into_data()
         .to_vec::<f32>()
@@ -236,7 +273,10 @@ fn fused_ops_are_bit_identical_on_1_and_4_threads() {
             gs.clone(),
             |[s, b]| fused::window_softmax(s, b.reshape([3, 16, 16]), Some(mask.clone())),
         );
-        let mut out: Vec<_> = [y1, d1, y2, d2, y3, d3].into_iter().map(bits).collect();
+        let (y6, [d6]) = run([x.clone()], g.clone().swap_dims(0, 2), |[x]| {
+            fused::permute(x, [2, 1, 0])
+        });
+        let mut out: Vec<_> = [y1, d1, y2, d2, y3, d3, y6, d6].into_iter().map(bits).collect();
         out.extend([y4, d4, d5].into_iter().map(bits));
         out
     };

@@ -70,6 +70,15 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         );
         record::<B, C, _, 1>(GeluOp, [&x], GeluState { x: x_flat, shape }, y)
     }
+
+    fn fused_permute(x: FloatTensor<Self>, axes: &[usize]) -> FloatTensor<Self> {
+        let y = B::permute_contiguous(x.primitive.clone(), axes);
+        let mut inverse = vec![0; axes.len()];
+        for (i, &axis) in axes.iter().enumerate() {
+            inverse[axis] = i;
+        }
+        record::<B, C, _, 1>(PermuteOp, [&x], inverse, y)
+    }
 }
 
 /// Adds `op`'s node over `parents` to the graph, with the state its backward reads when any
@@ -200,5 +209,19 @@ impl<B: FusedKernels> Backward<B, 1> for GeluOp {
         let g = flat::<B>(grads.consume::<B>(&ops.node));
         let dx = B::gelu_exact_backward(s.x, g).into_primitive().tensor();
         register!(ops, grads, [B::float_reshape(dx, s.shape)]);
+    }
+}
+
+#[derive(Debug)]
+struct PermuteOp;
+
+impl<B: FusedKernels> Backward<B, 1> for PermuteOp {
+    /// The inverse permutation.
+    type State = Vec<usize>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        let dx = B::permute_contiguous(g, &ops.state);
+        register!(ops, grads, [dx]);
     }
 }

@@ -7,15 +7,16 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexDevice;
-use burn::tensor::ops::ActivationOps;
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{FusedKernels, decomposed};
+use super::{FusedKernels, decomposed, math};
 
 /// Rows per parallel task, and per partial sum of the reductions across rows.
 const ROWS: usize = 64;
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENTS: usize = 16 * 1024;
 
 impl FusedKernels for Flex {
     fn layer_norm_forward(
@@ -224,18 +225,87 @@ impl FusedKernels for Flex {
         tensor(dbias, [h, n, n])
     }
 
+    fn permute_contiguous(x: FlexTensor, axes: &[usize]) -> FlexTensor {
+        let x = x.permute(axes);
+        if x.is_contiguous() || x.dtype() != DType::F32 {
+            return x;
+        }
+        contiguous_f32(&x)
+    }
+
     fn gelu_exact(x: Tensor<Flex, 1>) -> Tensor<Flex, 1> {
-        // Flex's own GELU is one pass with the exact erf.
-        burn::tensor::activation::gelu(x)
+        if x.dtype() != DType::F32 {
+            return decomposed::gelu_exact(x);
+        }
+        let n = x.dims()[0];
+        let xs = values(x);
+        let mut y = vec![0.0f32; n];
+        y.par_chunks_mut(ELEMENTS)
+            .zip(xs.par_chunks(ELEMENTS))
+            .for_each(|(y, xs)| math::gelu(xs, y));
+        tensor(y, [n])
     }
 
     fn gelu_exact_backward(x: Tensor<Flex, 1>, g: Tensor<Flex, 1>) -> Tensor<Flex, 1> {
-        let dx = <Flex as ActivationOps<Flex>>::gelu_backward(
-            x.into_primitive().tensor(),
-            g.into_primitive().tensor(),
-        );
-        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(dx))
+        if x.dtype() != DType::F32 || g.dtype() != DType::F32 {
+            return decomposed::gelu_exact_backward(x, g);
+        }
+        let n = x.dims()[0];
+        let (xs, gs) = (values(x), values(g));
+        let mut dx = vec![0.0f32; n];
+        dx.par_chunks_mut(ELEMENTS)
+            .zip(xs.par_chunks(ELEMENTS).zip(gs.par_chunks(ELEMENTS)))
+            .for_each(|(dx, (xs, gs))| math::gelu_backward(xs, gs, dx));
+        tensor(dx, [n])
     }
+}
+
+/// A strided f32 tensor copied into row-major order: its trailing dims that form one strided run
+/// in the source are copied as a run (a memcpy where the stride is 1), runs in parallel.
+fn contiguous_f32(x: &FlexTensor) -> FlexTensor {
+    let layout = x.layout();
+    let shape = layout.shape().to_vec();
+    let strides = layout.strides();
+    let total: usize = shape.iter().product();
+    let Some(&step) = strides.last() else {
+        return x.to_contiguous();
+    };
+    if total == 0 {
+        return x.to_contiguous();
+    }
+    // Dims first_inner.. are one run of `run` elements `step` apart in the source.
+    let mut first_inner = shape.len() - 1;
+    let mut run = shape[first_inner];
+    while first_inner > 0 && strides[first_inner - 1] == strides[first_inner] * shape[first_inner] as isize {
+        first_inner -= 1;
+        run *= shape[first_inner];
+    }
+    let (outer_shape, outer_strides) = (&shape[..first_inner], &strides[..first_inner]);
+    let src = x.storage::<f32>();
+    let start = layout.start_offset() as isize;
+    let runs_per_task = (ELEMENTS / run).max(1);
+    let mut out = vec![0.0f32; total];
+    out.par_chunks_mut(runs_per_task * run)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (i, out) in out.chunks_exact_mut(run).enumerate() {
+                let mut index = task * runs_per_task + i;
+                let mut offset = start;
+                for (&dim, &stride) in outer_shape.iter().zip(outer_strides).rev() {
+                    offset += (index % dim) as isize * stride;
+                    index /= dim;
+                }
+                if step == 1 {
+                    let offset = offset as usize;
+                    out.copy_from_slice(&src[offset..offset + run]);
+                } else {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = src[(offset + j as isize * step) as usize];
+                    }
+                }
+            }
+        });
+    FlexTensor::from_data(TensorData::new(out, shape))
 }
 
 /// An f32 tensor's values in row-major order, borrowed (copied only when its layout is strided).

@@ -16,6 +16,7 @@
 mod autodiff;
 mod decomposed;
 mod flex;
+mod math;
 
 use burn::nn::LayerNorm;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -78,6 +79,13 @@ pub trait FusedKernels: Backend {
         decomposed::gelu_exact(x)
     }
 
+    /// x's dims in the order `axes` (Burn's `permute`), for a caller that reshapes next: Flex copies
+    /// into the new order at once, in parallel, so the reshape is free (Flex would otherwise copy
+    /// inside the reshape, element by element on one thread). Other backends keep Burn's view.
+    fn permute_contiguous(x: FloatTensor<Self>, axes: &[usize]) -> FloatTensor<Self> {
+        Self::float_permute(x, axes)
+    }
+
     /// g·(Φ(x) + x·φ(x)): the exact derivative (CubeBackend's own `gelu_backward` is the tanh
     /// approximation's, performance.md §4).
     fn gelu_exact_backward(x: Tensor<Self, 1>, g: Tensor<Self, 1>) -> Tensor<Self, 1> {
@@ -106,6 +114,7 @@ pub trait FusedOps: Backend {
         mask: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self>;
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_permute(x: FloatTensor<Self>, axes: &[usize]) -> FloatTensor<Self>;
 }
 
 /// A backend that trains SwinFC: autodiff over a backend with the fused kernels.
@@ -144,6 +153,10 @@ impl<B: FusedKernels> FusedOps for B {
         let shape = x.shape();
         let y = B::gelu_exact(flat::<B>(x));
         B::float_reshape(y.into_primitive().tensor(), shape)
+    }
+
+    fn fused_permute(x: FloatTensor<B>, axes: &[usize]) -> FloatTensor<B> {
+        B::permute_contiguous(x, axes)
     }
 }
 
@@ -184,6 +197,15 @@ pub fn window_softmax<B: FusedOps>(
 /// GELU with the exact erf.
 pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_gelu(x.into_primitive().tensor())))
+}
+
+/// `x.permute(axes)`, materialised in the new order where the backend gains from it (Flex): use it
+/// where a reshape follows, as in window partition and the q/k/v split.
+pub fn permute<B: FusedOps, const D: usize>(x: Tensor<B, D>, axes: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_permute(
+        x.into_primitive().tensor(),
+        &axes,
+    )))
 }
 
 /// A primitive as a tensor of the rank it has.
