@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use swinfc_train::TrainConfig;
 use swinfc_train::checkpoint::{latest_valid, verify};
+use swinfc_train::{Resume, TrainConfig};
 use tracing::warn;
 
 use crate::{Devices, LaunchError, LaunchOptions};
@@ -105,23 +105,23 @@ impl Plan {
     }
 
     /// What `--resume` selects right now, as the step it starts from and a description.
-    pub fn resume_point(&self, resume: &str) -> Result<(u64, String), LaunchError> {
+    pub fn resume_point(&self, resume: &Resume) -> Result<(u64, String), LaunchError> {
         Ok(match resume {
-            "none" => (0, "fresh start (--resume none)".into()),
-            "auto" => match latest_valid(&self.checkpoints()) {
+            Resume::None => (0, "fresh start (--resume none)".into()),
+            Resume::Auto => match latest_valid(&self.checkpoints()) {
                 Some((dir, state)) => (state.step, format!("step {} from {}", state.step, dir.display())),
                 None => (0, "fresh start (no valid checkpoint in the run directory)".into()),
             },
-            path => {
-                let state = verify(Path::new(path))
-                    .map_err(|e| LaunchError::Usage(format!("--resume {path}: {e}")))?;
-                (state.step, format!("step {} from {path}", state.step))
+            Resume::Path(path) => {
+                let state = verify(path)
+                    .map_err(|e| LaunchError::Usage(format!("--resume {}: {e}", path.display())))?;
+                (state.step, format!("step {} from {}", state.step, path.display()))
             }
         })
     }
 
     /// The `--dry-run` report.
-    pub fn describe(&self, resume: &str) -> Result<String, LaunchError> {
+    pub fn describe(&self, resume: &Resume) -> Result<String, LaunchError> {
         let mut s = String::new();
         let (_, from) = self.resume_point(resume)?;
         let t = &self.cfg.train;

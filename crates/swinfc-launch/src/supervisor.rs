@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use swinfc_comm::{ControlServer, JobToken, ServerCommand, ServerEvent, ServerHandle};
+use swinfc_comm::{
+    ControlServer, JobOutcome, JobToken, NodeReport, Phase, ServerCommand, ServerEvent, ServerHandle,
+};
+use swinfc_metrics::record::Record;
 use swinfc_metrics::{RestartReason, RunInfo, RunState, Telemetry};
+use swinfc_train::Resume;
 use swinfc_train::checkpoint::verify;
 use tracing::{error, info, warn};
 
@@ -70,8 +74,8 @@ enum End {
 #[derive(Clone)]
 struct RankState {
     last_beat: Instant,
-    /// `setup` until the first heartbeat, then what the worker says (`train`, `eval`, `finishing`).
-    phase: String,
+    /// `None` (setting up) until the first heartbeat, then what the worker says.
+    phase: Option<Phase>,
     step: u64,
     done: bool,
 }
@@ -152,17 +156,17 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         Ok(Outcome::Preempted) => {
             let step = sup.round_step;
             (
-                "preempted",
+                JobOutcome::Preempted,
                 RunState::Finished,
                 format!("preempted: drained at step {step}, resume with --resume auto"),
             )
         }
         Ok(_) => (
-            "finished",
+            JobOutcome::Finished,
             RunState::Finished,
             "finished: all steps done".to_string(),
         ),
-        Err(e) => ("failed", RunState::Failed, format!("failed: {e}")),
+        Err(e) => (JobOutcome::Failed, RunState::Failed, format!("failed: {e}")),
     };
     sup.nodes.exit(&sup.server, outcome, &reason);
     sup.set_state(state);
@@ -258,7 +262,7 @@ impl Supervisor<'_> {
         let mut ranks = vec![
             RankState {
                 last_beat: spawned,
-                phase: "setup".into(),
+                phase: None,
                 step: start_step,
                 done: false,
             };
@@ -330,14 +334,13 @@ impl Supervisor<'_> {
                 if let Some(r) = ranks.get_mut(rank) {
                     r.last_beat = Instant::now();
                     if rank == 0 {
-                        let state = if phase == "eval" {
-                            RunState::Evaluating
-                        } else {
-                            RunState::Running
-                        };
-                        self.set_state(state);
+                        self.set_state(match phase {
+                            Phase::Train => RunState::Running,
+                            Phase::Eval => RunState::Evaluating,
+                            Phase::Finishing => RunState::Checkpointing,
+                        });
                     }
-                    r.phase = phase;
+                    r.phase = Some(phase);
                     r.step = step;
                 }
             }
@@ -345,52 +348,46 @@ impl Supervisor<'_> {
                 if let Some(r) = ranks.get_mut(rank) {
                     r.last_beat = Instant::now();
                 }
-                self.telemetry.report(rank, &record);
-                match record.get("kind").and_then(|k| k.as_str()) {
-                    Some("step") => {
-                        let step = record.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
-                        self.max_step = self.max_step.max(step);
-                        self.round_step = self.round_step.max(step);
+                match self.telemetry.report(rank, &record) {
+                    Some(Record::Step(record)) => {
+                        self.max_step = self.max_step.max(record.step);
+                        self.round_step = self.round_step.max(record.step);
                         if let Some((reason, since)) = self.recovering.take() {
                             self.telemetry.recovered(reason, since.elapsed().as_secs_f64());
                         }
                         if rank == 0 {
-                            if let Some(s) = record.get("seconds").and_then(|s| s.as_f64()) {
-                                step_seconds.push(s);
-                            }
+                            step_seconds.push(record.seconds);
                             self.console.step(&record);
                         }
                     }
-                    Some("checkpoint") if record.get("ok").and_then(|o| o.as_bool()) == Some(true) => {
-                        self.committed = record.get("step").and_then(|s| s.as_u64()).or(self.committed);
-                    }
+                    Some(Record::Checkpoint(record)) if record.ok => self.committed = Some(record.step),
                     _ => {}
                 }
             }
             ServerEvent::Disconnected { rank, .. } => self.telemetry.worker_up(rank, false),
             ServerEvent::BadToken { peer } => warn!(%peer, "a connection with a wrong job token was refused"),
             ServerEvent::Rejected { peer, reason } => warn!(%peer, %reason, "a connection was refused"),
-            ServerEvent::NodeReport { node, record } => match record.get("kind").and_then(|k| k.as_str()) {
-                Some("exit") => {
-                    let rank = record.get("rank").and_then(|r| r.as_u64()).unwrap_or(0) as usize;
-                    if record.get("ok").and_then(|o| o.as_bool()) == Some(true) {
-                        if let Some(r) = ranks.get_mut(rank) {
-                            r.done = true;
-                        }
-                    } else {
-                        let cause = record.get("cause").and_then(|c| c.as_str()).unwrap_or("failed");
-                        return Err(Failure::new(
-                            rank,
-                            FailureKind::Crash,
-                            format!("(node {node}) {cause}"),
-                        ));
+            ServerEvent::NodeReport { node, report } => match report {
+                NodeReport::Exit { rank, ok: true, .. } => {
+                    if let Some(r) = ranks.get_mut(rank) {
+                        r.done = true;
                     }
                 }
-                Some("signal") => {
-                    let usr1 = record.get("name").and_then(|n| n.as_str()) == Some(Signal::Usr1.name());
-                    self.on_signal(if usr1 { Signal::Usr1 } else { Signal::WorkerAsked });
+                NodeReport::Exit { rank, cause, .. } => {
+                    return Err(Failure::new(
+                        rank,
+                        FailureKind::Crash,
+                        format!("(node {node}) {cause}"),
+                    ));
                 }
-                _ => {}
+                // Another node's signal is the same scheduler event as one here (a USR1 still
+                // asks for the requeue); anything else drains like a worker's request.
+                NodeReport::Signal { signal } => self.on_signal(if signal == Signal::Usr1 {
+                    Signal::Usr1
+                } else {
+                    Signal::WorkerAsked
+                }),
+                NodeReport::Stopped => {}
             },
             ServerEvent::NodeJoined { node, .. } => {
                 warn!(node, "a node joined mid-round; it waits for the next round")
@@ -463,7 +460,7 @@ impl Supervisor<'_> {
             .filter(|(_, r)| !r.done)
             .filter_map(|(rank, r)| {
                 // The first step of a round compiles and warms up: it gets the setup allowance.
-                let training = r.phase == "train" && !step_seconds.is_empty();
+                let training = r.phase == Some(Phase::Train) && !step_seconds.is_empty();
                 let limit = if training {
                     step_timeout
                 } else {
@@ -485,7 +482,7 @@ impl Supervisor<'_> {
         let cause = format!(
             "hung: no progress for {:.0} s in phase {} at step {}{suspended}",
             quiet.as_secs_f64(),
-            r.phase,
+            r.phase.map_or("setup", Phase::as_str),
             r.step
         );
         Some(Failure::new(*rank, FailureKind::Hang, cause))
@@ -516,13 +513,13 @@ impl Supervisor<'_> {
 
     /// The checkpoint a new round starts from: the newest this job committed, if it verifies,
     /// else what the user asked for (`auto` then finds the newest valid one).
-    fn restart_point(&self) -> String {
+    fn restart_point(&self) -> Resume {
         if let Some(step) = self.committed {
             let dir = self.plan.checkpoints().join(format!("step-{step:08}"));
             if verify(&dir).is_ok() {
-                return dir.display().to_string();
+                return Resume::Path(dir);
             }
-            return "auto".into();
+            return Resume::Auto;
         }
         self.opts.resume.clone()
     }

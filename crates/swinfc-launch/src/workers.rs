@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use swinfc_comm::WorkerIdentity;
+use swinfc_train::Resume;
 use tracing::warn;
 
 use crate::console::Console;
@@ -19,8 +20,8 @@ use crate::{Devices, LaunchError, LaunchOptions, Plan};
 pub struct Round<'a> {
     pub generation: u64,
     pub attempt: u64,
-    /// `--resume` for the workers: `auto`, `none` or a checkpoint directory.
-    pub resume: &'a str,
+    /// `--resume` for the workers.
+    pub resume: &'a Resume,
     pub master_addr: &'a str,
     pub master_port: u16,
     pub token_hex: &'a str,
@@ -69,7 +70,7 @@ impl Group {
             for o in &opts.overrides {
                 cmd.arg("--set").arg(o);
             }
-            cmd.arg("--resume").arg(round.resume);
+            cmd.arg("--resume").arg(round.resume.to_string());
             cmd.envs(identity.to_env()).env("NO_COLOR", "1");
             match &plan.devices {
                 Devices::Gpus(ids) => {

@@ -13,7 +13,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::ExecutionError;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
-use swinfc_comm::{Collective, CommError, ControlClient, ServerCommand};
+pub use swinfc_comm::Resume;
+use swinfc_comm::{Collective, CommError, ControlClient, Phase, ServerCommand};
 use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, TrainStream, eval_shard, open_dataset,
 };
@@ -61,17 +62,6 @@ pub enum TrainError {
     Aborted,
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-}
-
-/// Where a run starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resume {
-    /// Fresh, even if checkpoints exist.
-    None,
-    /// The newest checkpoint of the run directory that verifies; fresh if there is none.
-    Auto,
-    /// That checkpoint directory (an error if it does not verify).
-    Path(PathBuf),
 }
 
 /// How a run ended.
@@ -169,7 +159,7 @@ pub fn train<B: TrainBackend>(
     }
     drop(loader);
     if let Some(control) = control.as_deref_mut() {
-        control.heartbeat(step, "finishing")?;
+        control.heartbeat(step, Phase::Finishing)?;
     }
     if let Some(writer) = writer {
         report_saves(writer.flush(), control)?;
@@ -273,7 +263,7 @@ fn poll_launcher(
             Some(ServerCommand::Abort) => return Err(TrainError::Aborted),
             None => {}
         }
-        control.heartbeat(step, "train")?;
+        control.heartbeat(step, Phase::Train)?;
     }
     Ok(stop_after.is_some_and(|k| step + 1 >= k))
 }
@@ -294,7 +284,7 @@ fn maybe_evaluate<B: TrainBackend>(
         return Ok(None);
     }
     if let Some(control) = control.as_deref_mut() {
-        control.heartbeat(step, "eval")?;
+        control.heartbeat(step, Phase::Eval)?;
     }
     let copy = compute_copy(trainer.model(), cfg.train.precision);
     let model = copy.as_ref().unwrap_or(trainer.model());
@@ -502,7 +492,7 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
                 Record::Checkpoint(CheckpointRecord {
                     ok: true,
                     step: saved.state.step,
-                    reason: saved.reason.as_str().into(),
+                    reason: saved.reason,
                     bytes: saved.bytes,
                     blocking_seconds: saved.blocking_seconds,
                     write_seconds: saved.write_seconds,
@@ -516,7 +506,7 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
                 Record::Checkpoint(CheckpointRecord {
                     ok: false,
                     step: failed.step,
-                    reason: failed.reason.as_str().into(),
+                    reason: failed.reason,
                     bytes: 0,
                     blocking_seconds: failed.blocking_seconds,
                     write_seconds: 0.0,
