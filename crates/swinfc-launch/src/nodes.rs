@@ -52,7 +52,7 @@ fn token_from_env() -> Result<Option<JobToken>, LaunchError> {
 }
 
 fn token_path(plan: &Plan) -> PathBuf {
-    plan.run_dir().join("job-token")
+    plan.run_dir().job_token()
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> Result<(), LaunchError> {

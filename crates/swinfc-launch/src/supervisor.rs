@@ -127,8 +127,8 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         plan.cfg.train.total_steps,
         plan.cfg.train.global_batch,
     ));
-    let telemetry =
-        Telemetry::start(&plan.cfg.metrics.listen, plan.run_dir(), run_info(plan)).map_err(|e| {
+    let telemetry = Telemetry::start(&plan.cfg.metrics.listen, plan.run_dir().root(), run_info(plan))
+        .map_err(|e| {
             LaunchError::Failed(format!(
                 "{e} (another run on this node? set metrics.listen; port 0 picks a free one)"
             ))
@@ -515,7 +515,7 @@ impl Supervisor<'_> {
     /// else what the user asked for (`auto` then finds the newest valid one).
     fn restart_point(&self) -> Resume {
         if let Some(step) = self.committed {
-            let dir = self.plan.checkpoints().join(format!("step-{step:08}"));
+            let dir = self.plan.run_dir().checkpoint(step);
             if verify(&dir).is_ok() {
                 return Resume::Path(dir);
             }

@@ -4,13 +4,13 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use swinfc_comm::WorkerIdentity;
-use swinfc_train::Resume;
+use swinfc_train::{Resume, RunDir};
 use tracing::warn;
 
 use crate::console::Console;
@@ -46,10 +46,7 @@ impl Group {
         round: &Round,
         console: &Arc<Console>,
     ) -> Result<Group, LaunchError> {
-        let logs = plan
-            .run_dir()
-            .join("logs")
-            .join(format!("attempt-{}", round.attempt));
+        let logs = plan.run_dir().attempt_logs(round.attempt);
         std::fs::create_dir_all(&logs).map_err(LaunchError::io(&logs))?;
         let mut group = Group {
             workers: Vec::new(),
@@ -238,8 +235,8 @@ fn pump(
 }
 
 /// The next attempt number: one more than any attempt whose logs exist, so requeued jobs count on.
-pub fn next_attempt(run_dir: &Path) -> u64 {
-    let last = std::fs::read_dir(run_dir.join("logs"))
+pub fn next_attempt(run_dir: &RunDir) -> u64 {
+    let last = std::fs::read_dir(run_dir.logs())
         .into_iter()
         .flatten()
         .flatten()

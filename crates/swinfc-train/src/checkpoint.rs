@@ -18,8 +18,13 @@ use tracing::{info, warn};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
-/// The resolved run config, so a checkpoint alone describes its model and data.
+/// The resolved run config, so a checkpoint alone describes its model and data (also written at
+/// the top of the run directory).
 pub const CONFIG: &str = "config.yaml";
+/// The model's weights (PyTorch key layout).
+pub const MODEL: &str = "model.safetensors";
+/// The optimizer's momentum buffers.
+pub const OPTIMIZER: &str = "optimizer.safetensors";
 /// Class names in label order (JSON list), for `swinfc predict`.
 pub const CLASSES: &str = "classes.json";
 const STATE: &str = "state.json";

@@ -28,8 +28,8 @@ use swinfc_model::{ConfigError, SwinFc, TrainBackend};
 use tracing::{info, warn};
 
 use crate::checkpoint::{
-    CLASSES, CONFIG, CheckpointData, CheckpointError, CheckpointWriter, Disk, SaveReason, SaveResult,
-    TrainState, latest_valid, verify,
+    CLASSES, CONFIG, CheckpointData, CheckpointError, CheckpointWriter, Disk, MODEL, OPTIMIZER, SaveReason,
+    SaveResult, TrainState, latest_valid, verify,
 };
 use crate::config::TrainConfig;
 use crate::optim::{FlatLayout, Sgd, compute_copy};
@@ -105,7 +105,7 @@ pub fn train<B: TrainBackend>(
     let writer = (rank == 0).then(|| {
         let c = &cfg.checkpoint;
         CheckpointWriter::new(
-            cfg.run.dir.join("checkpoints"),
+            cfg.run.dir.checkpoints(),
             c.keep_last,
             c.keep_best,
             Box::new(Disk),
@@ -361,8 +361,9 @@ fn maybe_save<B: TrainBackend>(
 
 fn write_resolved_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     let io = |path: PathBuf| move |source| TrainError::Io { path, source };
-    std::fs::create_dir_all(&cfg.run.dir).map_err(io(cfg.run.dir.clone()))?;
-    let path = cfg.run.dir.join("config.yaml");
+    let root = cfg.run.dir.root();
+    std::fs::create_dir_all(root).map_err(io(root.to_path_buf()))?;
+    let path = cfg.run.dir.config();
     std::fs::write(&path, cfg.resolved_yaml()).map_err(io(path))
 }
 
@@ -376,7 +377,7 @@ fn agree_on_start(
     if comm.rank() == 0 {
         let found = match resume {
             Resume::None => None,
-            Resume::Auto => latest_valid(&cfg.run.dir.join("checkpoints")),
+            Resume::Auto => latest_valid(&cfg.run.dir.checkpoints()),
             Resume::Path(dir) => Some((dir.clone(), verify(dir)?)),
         };
         if let Some((dir, state)) = &found {
@@ -421,10 +422,7 @@ fn build_replicas<B: TrainBackend>(
     if comm.rank() == 0 {
         let read = |path: PathBuf| std::fs::read(&path).map_err(|source| TrainError::Io { path, source });
         (model_bytes, optim_bytes) = match start {
-            Some((dir, _)) => (
-                read(dir.join("model.safetensors"))?,
-                read(dir.join("optimizer.safetensors"))?,
-            ),
+            Some((dir, _)) => (read(dir.join(MODEL))?, read(dir.join(OPTIMIZER))?),
             None => {
                 let model = match &cfg.train.pretrained {
                     Some(path) => {
@@ -472,8 +470,8 @@ fn checkpoint_data<B: TrainBackend>(
     CheckpointData {
         state,
         files: vec![
-            ("model.safetensors".into(), to_bytes(&state_dict(model))),
-            ("optimizer.safetensors".into(), to_bytes(&sgd.state_dict(model))),
+            (MODEL.into(), to_bytes(&state_dict(model))),
+            (OPTIMIZER.into(), to_bytes(&sgd.state_dict(model))),
             (CONFIG.into(), cfg.resolved_yaml().into_bytes()),
             (
                 CLASSES.into(),
