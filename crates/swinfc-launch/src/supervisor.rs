@@ -17,6 +17,8 @@ use swinfc_train::checkpoint::verify;
 use tracing::{error, info, warn};
 
 use crate::console::Console;
+use crate::drain::Drain;
+use crate::hang::HangDetector;
 use crate::nodes::Nodes;
 use crate::signals::{self, Signal};
 use crate::workers::{Group, Round, describe, next_attempt};
@@ -24,10 +26,6 @@ use crate::{LaunchError, LaunchOptions, Outcome, Plan};
 
 /// How often exits, signals and deadlines are checked: a crash is noticed within this.
 const POLL: Duration = Duration::from_millis(50);
-/// After a second signal, the drain gets at most this much longer.
-const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(5);
-/// Signals this close to the first one are copies of it (Slurm signals every task of a job).
-const SAME_EVENT: Duration = Duration::from_secs(2);
 
 /// Why a round ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,24 +66,6 @@ enum End {
     Finished,
     Drained,
     Failed(Failure),
-}
-
-/// What a worker last told the launcher in this round.
-#[derive(Clone)]
-struct RankState {
-    last_beat: Instant,
-    /// `None` (setting up) until the first heartbeat, then what the worker says.
-    phase: Option<Phase>,
-    step: u64,
-    done: bool,
-}
-
-struct Drain {
-    signal: Signal,
-    stop_after: u64,
-    started: Instant,
-    deadline: Instant,
-    signals: u32,
 }
 
 struct Supervisor<'a> {
@@ -258,34 +238,30 @@ impl Supervisor<'_> {
 
     /// Watches one round until it finishes, drains, or a worker fails (then it is stopped).
     fn watch(&mut self, mut group: Group, start_step: u64) -> End {
-        let spawned = Instant::now();
-        let mut ranks = vec![
-            RankState {
-                last_beat: spawned,
-                phase: None,
-                step: start_step,
-                done: false,
-            };
-            self.plan.world_size()
-        ];
-        let mut step_seconds = Vec::new();
+        let mut hang = HangDetector::new(
+            self.plan.world_size(),
+            start_step,
+            self.opts.setup_timeout,
+            self.opts.step_timeout,
+            Instant::now(),
+        );
         loop {
             for (rank, status) in group.poll_exits() {
                 self.telemetry.worker_up(rank, false);
                 if status.success() {
-                    ranks[rank].done = true;
+                    hang.done(rank);
                 } else {
                     return self.fail(group, Failure::new(rank, FailureKind::Crash, describe(status)));
                 }
             }
-            if ranks.iter().all(|r| r.done) {
+            if hang.all_done() {
                 group.reap();
                 let preempted = self.drain.is_some() && self.round_step < self.plan.cfg.train.total_steps;
                 return if preempted { End::Drained } else { End::Finished };
             }
             match self.server.events().recv_timeout(POLL) {
                 Ok(event) => {
-                    if let Err(failure) = self.on_event(event, &mut ranks, &mut step_seconds) {
+                    if let Err(failure) = self.on_event(event, Some(&mut hang)) {
                         return self.fail(group, failure);
                     }
                 }
@@ -299,10 +275,10 @@ impl Supervisor<'_> {
                 self.on_signal(signal);
             }
             if let Some(drain) = &self.drain
-                && Instant::now() > drain.deadline
+                && drain.expired(Instant::now())
             {
                 warn!(
-                    stop_after = drain.stop_after,
+                    stop_after = drain.stop_after(),
                     "the drain did not finish in time: stopping the workers; the previous checkpoint stands"
                 );
                 let late = self.nodes.stop(&self.server, self.opts.grace_period);
@@ -310,29 +286,25 @@ impl Supervisor<'_> {
                 group.stop(Duration::ZERO);
                 return End::Drained;
             }
-            if let Some(failure) = self.hang(&group, &ranks, &step_seconds) {
-                return self.fail(group, failure);
+            if let Some(h) = hang.check(Instant::now(), |rank| group.is_suspended(rank)) {
+                return self.fail(group, Failure::new(h.rank, FailureKind::Hang, h.cause));
             }
         }
     }
 
-    fn on_event(
-        &mut self,
-        event: ServerEvent,
-        ranks: &mut [RankState],
-        step_seconds: &mut Vec<f64>,
-    ) -> Result<(), Failure> {
+    /// One event of the control server; `hang` is the watched round's detector, if any.
+    fn on_event(&mut self, event: ServerEvent, mut hang: Option<&mut HangDetector>) -> Result<(), Failure> {
         match event {
             ServerEvent::Joined { rank, .. } => {
                 self.telemetry.worker_up(rank, true);
                 if let Some(drain) = &self.drain {
                     self.server
-                        .send_command(rank, ServerCommand::StopAfterStep(drain.stop_after));
+                        .send_command(rank, ServerCommand::StopAfterStep(drain.stop_after()));
                 }
             }
             ServerEvent::Heartbeat { rank, step, phase } => {
-                if let Some(r) = ranks.get_mut(rank) {
-                    r.last_beat = Instant::now();
+                if let Some(hang) = hang {
+                    hang.heartbeat(rank, step, phase, Instant::now());
                     if rank == 0 {
                         self.set_state(match phase {
                             Phase::Train => RunState::Running,
@@ -340,13 +312,11 @@ impl Supervisor<'_> {
                             Phase::Finishing => RunState::Checkpointing,
                         });
                     }
-                    r.phase = Some(phase);
-                    r.step = step;
                 }
             }
             ServerEvent::Report { rank, record } => {
-                if let Some(r) = ranks.get_mut(rank) {
-                    r.last_beat = Instant::now();
+                if let Some(hang) = hang.as_deref_mut() {
+                    hang.alive(rank, Instant::now());
                 }
                 match self.telemetry.report(rank, &record) {
                     Some(Record::Step(record)) => {
@@ -356,7 +326,9 @@ impl Supervisor<'_> {
                             self.telemetry.recovered(reason, since.elapsed().as_secs_f64());
                         }
                         if rank == 0 {
-                            step_seconds.push(record.seconds);
+                            if let Some(hang) = hang {
+                                hang.step_time(record.seconds);
+                            }
                             self.console.step(&record);
                         }
                     }
@@ -369,8 +341,8 @@ impl Supervisor<'_> {
             ServerEvent::Rejected { peer, reason } => warn!(%peer, %reason, "a connection was refused"),
             ServerEvent::NodeReport { node, report } => match report {
                 NodeReport::Exit { rank, ok: true, .. } => {
-                    if let Some(r) = ranks.get_mut(rank) {
-                        r.done = true;
+                    if let Some(hang) = hang {
+                        hang.done(rank);
                     }
                 }
                 NodeReport::Exit { rank, cause, .. } => {
@@ -419,73 +391,17 @@ impl Supervisor<'_> {
                 self.server
                     .broadcast_command(ServerCommand::StopAfterStep(stop_after));
                 self.set_state(RunState::Draining);
-                self.drain = Some(Drain {
-                    signal,
-                    stop_after,
-                    started: now,
-                    deadline: now + self.opts.grace_period,
-                    signals: 1,
-                });
-            }
-            // The scheduler signals every process (and node) of the job at once: one event, not two.
-            Some(drain) if signal == Signal::WorkerAsked || now - drain.started < SAME_EVENT => {
-                if signal == Signal::Usr1 {
-                    drain.signal = Signal::Usr1;
-                }
+                self.drain = Some(Drain::start(signal, stop_after, now, self.opts.grace_period));
             }
             Some(drain) => {
-                drain.signals += 1;
-                let limit = if drain.signals == 2 {
-                    now + SECOND_SIGNAL_GRACE
-                } else {
-                    now
-                };
-                drain.deadline = drain.deadline.min(limit);
-                warn!(
-                    signal = signal.name(),
-                    count = drain.signals,
-                    "signal while draining: deadline shortened"
-                );
+                if let Some(count) = drain.another(signal, now) {
+                    warn!(
+                        signal = signal.name(),
+                        count, "signal while draining: deadline shortened"
+                    );
+                }
             }
         }
-    }
-
-    /// A rank silent for longer than its phase allows; a suspended process is named first.
-    fn hang(&self, group: &Group, ranks: &[RankState], step_seconds: &[f64]) -> Option<Failure> {
-        let now = Instant::now();
-        let step_timeout = step_timeout(step_seconds, self.opts.step_timeout);
-        let silent: Vec<(usize, &RankState, Duration)> = ranks
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.done)
-            .filter_map(|(rank, r)| {
-                // The first step of a round compiles and warms up: it gets the setup allowance.
-                let training = r.phase == Some(Phase::Train) && !step_seconds.is_empty();
-                let limit = if training {
-                    step_timeout
-                } else {
-                    self.opts.setup_timeout
-                };
-                let quiet = now - r.last_beat;
-                (quiet > limit).then_some((rank, r, quiet))
-            })
-            .collect();
-        let (rank, r, quiet) = silent
-            .iter()
-            .find(|(rank, ..)| group.is_suspended(*rank))
-            .or_else(|| silent.iter().min_by_key(|(_, r, _)| (r.step, r.last_beat)))?;
-        let suspended = if group.is_suspended(*rank) {
-            ", process is stopped"
-        } else {
-            ""
-        };
-        let cause = format!(
-            "hung: no progress for {:.0} s in phase {} at step {}{suspended}",
-            quiet.as_secs_f64(),
-            r.phase.map_or("setup", Phase::as_str),
-            r.step
-        );
-        Some(Failure::new(*rank, FailureKind::Hang, cause))
     }
 
     /// Stops the round everywhere after a failure.
@@ -507,7 +423,7 @@ impl Supervisor<'_> {
     /// has nothing left to stop.
     fn unwatched(&mut self, events: Vec<ServerEvent>) {
         for event in events {
-            let _ = self.on_event(event, &mut [], &mut Vec::new());
+            let _ = self.on_event(event, None);
         }
     }
 
@@ -544,34 +460,14 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Under Slurm, SIGUSR1 means the time limit is near: put the job back in the queue.
+    /// A drain that Slurm's time-limit warning started puts the job back in the queue.
     fn requeue(&self) {
-        let (Some(drain), Some(id)) = (&self.drain, &self.opts.slurm_requeue_id) else {
-            return;
-        };
-        if drain.signal != Signal::Usr1 {
-            return;
-        }
-        match std::process::Command::new("scontrol")
-            .args(["requeue", id])
-            .status()
+        if let (Some(drain), Some(id)) = (&self.drain, &self.opts.slurm_requeue_id)
+            && drain.requeue()
         {
-            Ok(s) if s.success() => info!(job = %id, "requeued"),
-            Ok(s) => error!(job = %id, status = %s, "scontrol requeue failed"),
-            Err(e) => error!(job = %id, error = %e, "cannot run scontrol requeue"),
+            crate::requeue::requeue(id);
         }
     }
-}
-
-/// `max(10 × p99 step time, floor)`: generous for a slow step, tight for a stuck one.
-fn step_timeout(step_seconds: &[f64], floor: Duration) -> Duration {
-    if step_seconds.is_empty() {
-        return floor;
-    }
-    let mut sorted = step_seconds.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let p99 = sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize];
-    floor.max(Duration::from_secs_f64(10.0 * p99))
 }
 
 fn run_info(plan: &Plan) -> RunInfo {
