@@ -2,9 +2,10 @@
 //! `/metrics` HTTP endpoint, `events.jsonl`, and plots drawn from it.
 //!
 //! Owns: metric names, types, labels and buckets ([`catalogue`]), the schema of the records workers
-//! report ([`record`]), turning them into metrics and event lines ([`Telemetry`]), and the SVG
-//! report ([`plot`]), all through the types of [`event`]. Must not: spawn processes, hold tensors, or know the training loop — the
-//! launcher calls [`Telemetry`] with what it sees, and the worker sends [`record`] values.
+//! report ([`record`]) and of `events.jsonl` ([`event`]), turning records into metrics and event
+//! lines ([`Telemetry`]), and the SVG report ([`plot`]). Must not: spawn processes, hold tensors,
+//! or know the training loop — the launcher calls [`Telemetry`] with what it sees, and the worker
+//! sends [`record`] values.
 
 pub mod catalogue;
 pub mod event;
