@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Parser};
 use swinfc_launch::{Devices, LaunchOptions, Outcome, launch, slurm_defaults};
+use swinfc_train::Resume;
 
 #[derive(Parser)]
 #[command(
@@ -46,7 +47,7 @@ struct Cli {
     master_port: Option<u16>,
     /// `auto` (newest valid checkpoint, else fresh), `none`, or a checkpoint directory.
     #[arg(long, default_value = "auto")]
-    resume: String,
+    resume: Resume,
     /// Worker failures (crash, hang) to recover from before giving up.
     #[arg(long, default_value_t = 3)]
     max_restarts: u32,

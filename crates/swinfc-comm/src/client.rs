@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use crate::CommError;
 use crate::frame::{read_frame, write_frame};
-use crate::protocol::{ClientMsg, JobToken, ServerCommand, ServerMsg};
+use crate::protocol::{ClientMsg, JobToken, NodeCommand, NodeReport, Phase, ServerCommand, ServerMsg};
 
 /// Extra time a request waits beyond its server-side timeout, so the server's precise
 /// "timed out" answer (which names what was missing) normally arrives first.
@@ -292,11 +292,8 @@ impl ControlClient {
     }
 
     /// Progress signal for hang detection (one-way).
-    pub fn heartbeat(&mut self, step: u64, phase: &str) -> Result<(), CommError> {
-        self.send(&ClientMsg::Heartbeat {
-            step,
-            phase: phase.to_string(),
-        })
+    pub fn heartbeat(&mut self, step: u64, phase: Phase) -> Result<(), CommError> {
+        self.send(&ClientMsg::Heartbeat { step, phase })
     }
 
     /// A metrics record for the launcher (one-way).
@@ -315,13 +312,12 @@ impl ControlClient {
 }
 
 /// Another node's launcher's link to node 0's control server. Node 0 commands restart rounds,
-/// drains and stops over it; this node reports what happened to its workers. The JSON of both
-/// directions is the launcher's to define. Unlike a worker's connection, the link outlives restart
-/// rounds.
+/// drains and stops over it ([`NodeCommand`]); this node reports what happened to its workers
+/// ([`NodeReport`]). Unlike a worker's connection, the link outlives restart rounds.
 pub struct NodeClient {
     stream: TcpStream,
     server: String,
-    commands: Receiver<serde_json::Value>,
+    commands: Receiver<NodeCommand>,
     reader: Reader,
 }
 
@@ -354,19 +350,19 @@ impl NodeClient {
         })
     }
 
-    /// Sends `record` to node 0's launcher (one-way). Fails once the link is known to be gone, so a
+    /// Sends `report` to node 0's launcher (one-way). Fails once the link is known to be gone, so a
     /// report is not silently lost on a dead link.
-    pub fn send(&mut self, record: serde_json::Value) -> Result<(), CommError> {
+    pub fn send(&mut self, report: NodeReport) -> Result<(), CommError> {
         if self.reader.stopped() {
             return Err(self.reader.lost());
         }
-        write_frame(&mut self.stream, &ClientMsg::NodeReport { record }, &self.server)
+        write_frame(&mut self.stream, &ClientMsg::NodeReport(report), &self.server)
     }
 
     /// The next command from node 0, waiting at most `timeout`; Ok(None) on timeout; Err once the
     /// connection is gone (with the reason). Commands that arrived before the link ended are
     /// still returned first.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<serde_json::Value>, CommError> {
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<NodeCommand>, CommError> {
         match self.commands.recv_timeout(timeout) {
             Ok(c) => Ok(Some(c)),
             Err(RecvTimeoutError::Timeout) => Ok(None),

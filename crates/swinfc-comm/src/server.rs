@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::CommError;
 use crate::frame::{read_frame_async, write_frame_async};
-use crate::protocol::{ClientMsg, JobToken, ServerCommand, ServerMsg, hex_decode};
+use crate::protocol::{
+    ClientMsg, JobToken, NodeCommand, NodeReport, Phase, ServerCommand, ServerMsg, hex_decode,
+};
 
 /// How long a new connection may take to present its token.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +38,7 @@ pub enum ServerEvent {
     Heartbeat {
         rank: usize,
         step: u64,
-        phase: String,
+        phase: Phase,
     },
     Report {
         rank: usize,
@@ -63,10 +65,10 @@ pub enum ServerEvent {
         node: usize,
         peer: SocketAddr,
     },
-    /// A record a node launcher sent with [`ClientMsg::NodeReport`].
+    /// What a node launcher reported ([`ClientMsg::NodeReport`]).
     NodeReport {
         node: usize,
-        record: serde_json::Value,
+        report: NodeReport,
     },
     /// A linked node launcher's connection ended; `reason` says how.
     NodeGone {
@@ -215,13 +217,13 @@ impl ControlServer {
             .count()
     }
 
-    /// Queues `record` for node `node`'s launcher; false when it is not connected.
-    pub fn send_node(&self, node: usize, record: serde_json::Value) -> bool {
+    /// Queues `cmd` for node `node`'s launcher; false when it is not connected.
+    pub fn send_node(&self, node: usize, cmd: NodeCommand) -> bool {
         self.shared
             .lock()
             .nodes
             .get(&node)
-            .is_some_and(|c| c.tx.send(ServerMsg::NodeCommand(record)).is_ok())
+            .is_some_and(|c| c.tx.send(ServerMsg::NodeCommand(cmd)).is_ok())
     }
 
     /// Nodes whose launcher has a live link, ascending.
@@ -526,8 +528,8 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 /// Handles one message of a node launcher; `Err` closes the link with that reason.
 fn handle_node(msg: ClientMsg, node: usize, shared: &Shared) -> Result<(), String> {
     match msg {
-        ClientMsg::NodeReport { record } => {
-            shared.emit(ServerEvent::NodeReport { node, record });
+        ClientMsg::NodeReport(report) => {
+            shared.emit(ServerEvent::NodeReport { node, report });
             Ok(())
         }
         ClientMsg::Hello { .. } | ClientMsg::NodeHello { .. } => Err("second hello".into()),
@@ -553,7 +555,7 @@ fn handle(
     };
     match msg {
         ClientMsg::Hello { .. } | ClientMsg::NodeHello { .. } => return Err("second hello".into()),
-        ClientMsg::NodeReport { .. } => return Err("a node launcher's message on a worker's link".into()),
+        ClientMsg::NodeReport(_) => return Err("a node launcher's message on a worker's link".into()),
         ClientMsg::Heartbeat { step, phase } => {
             debug!(rank, step, %phase, "heartbeat");
             shared.emit(ServerEvent::Heartbeat { rank, step, phase });

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{identity, server};
 use swinfc_comm::{
-    Collective, CommError, ControlClient, JobToken, ServerCommand, ServerEvent, ServerHandle, TcpRing,
+    Collective, CommError, ControlClient, JobToken, Phase, ServerCommand, ServerEvent, ServerHandle, TcpRing,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -184,7 +184,7 @@ fn barriers_wait_for_all_and_name_missing_or_dead_ranks() {
     let (_, c1) = h.join().unwrap();
     c.push(c1);
     // Rank 2 disconnects: a barrier waiting for it fails at once, naming it.
-    c2.heartbeat(1, "train").unwrap();
+    c2.heartbeat(1, Phase::Train).unwrap();
     wait_event(&s, T, |e| {
         matches!(e, ServerEvent::Heartbeat { rank: 2, step: 1, .. })
     });
@@ -278,7 +278,7 @@ fn async_server_api_as_the_launcher_uses_it() {
         // The worker side is blocking: it runs on its own thread.
         let worker = std::thread::spawn(move || {
             let mut c = ControlClient::connect(&id, T).unwrap();
-            c.heartbeat(12, "train").unwrap();
+            c.heartbeat(12, Phase::Train).unwrap();
             let deadline = Instant::now() + T;
             loop {
                 match c.poll_command().unwrap() {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use swinfc_metrics::record::StepRecord;
 
 pub struct Console {
     bar: ProgressBar,
@@ -36,18 +37,16 @@ impl Console {
     }
 
     /// Rank 0's step record: step, epoch, loss and the step's wall time.
-    pub fn step(&self, record: &serde_json::Value) {
-        let num = |k: &str| record.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
-        self.bar.set_position(num("step") as u64);
-        self.bar.set_prefix(format!("{}", num("epoch") as u64));
-        let seconds = num("seconds");
-        let rate = if seconds > 0.0 {
-            self.global_batch as f64 / seconds
+    pub fn step(&self, record: &StepRecord) {
+        self.bar.set_position(record.step);
+        self.bar.set_prefix(record.epoch.to_string());
+        let rate = if record.seconds > 0.0 {
+            self.global_batch as f64 / record.seconds
         } else {
             0.0
         };
-        self.bar
-            .set_message(format!("{rate:.0} img/s · loss {:.4}", num("loss")));
+        let loss = record.loss.unwrap_or(f64::NAN);
+        self.bar.set_message(format!("{rate:.0} img/s · loss {loss:.4}"));
     }
 
     /// Where a (restarted) round starts.

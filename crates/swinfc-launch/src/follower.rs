@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use swinfc_comm::NodeClient;
+use swinfc_comm::{JobOutcome, NodeClient, NodeCommand, NodeReport};
 use tracing::{info, warn};
 
 use crate::console::Console;
@@ -30,17 +29,21 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
             Err(e) => break Err(LaunchError::Failed(format!("lost node 0: {e}"))),
         };
         if let Some(cmd) = command {
-            match cmd.get("cmd").and_then(|c| c.as_str()) {
-                Some("start") => {
-                    let num = |k: &str| cmd.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            match cmd {
+                NodeCommand::Start {
+                    generation,
+                    attempt,
+                    resume,
+                    master_port,
+                } => {
                     let token = crate::nodes::follower_token(plan)?
                         .ok_or_else(|| LaunchError::Failed("the job token disappeared".into()))?;
                     let round = Round {
-                        generation: num("generation"),
-                        attempt: num("attempt"),
-                        resume: cmd.get("resume").and_then(|r| r.as_str()).unwrap_or("auto"),
+                        generation,
+                        attempt,
+                        resume: &resume,
                         master_addr: &opts.master_addr,
-                        master_port: num("master_port") as u16,
+                        master_port,
                         token_hex: &token.to_hex(),
                     };
                     if let Some(old) = group.take() {
@@ -48,33 +51,32 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
                     }
                     group = Some(Group::spawn(plan, opts, &round, &console)?);
                 }
-                Some("stop") => {
+                NodeCommand::Stop => {
                     if let Some(old) = group.take() {
                         old.stop(opts.grace_period);
                     }
-                    link.send(json!({"kind": "stopped"}))?;
+                    link.send(NodeReport::Stopped)?;
                 }
-                Some("exit") => {
-                    let outcome = cmd.get("outcome").and_then(|o| o.as_str()).unwrap_or("failed");
-                    let reason = cmd.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+                NodeCommand::Exit { outcome, reason } => {
                     break match outcome {
-                        "finished" => Ok(Outcome::Finished),
-                        "preempted" => Ok(Outcome::Preempted),
-                        _ => Err(LaunchError::Failed(format!("node 0: {reason}"))),
+                        JobOutcome::Finished => Ok(Outcome::Finished),
+                        JobOutcome::Preempted => Ok(Outcome::Preempted),
+                        JobOutcome::Failed => Err(LaunchError::Failed(format!("node 0: {reason}"))),
                     };
                 }
-                other => warn!(?other, "unknown command from node 0"),
             }
         }
         if let Some(g) = group.as_mut() {
             for (rank, status) in g.poll_exits() {
-                link.send(
-                    json!({"kind": "exit", "rank": rank, "ok": status.success(), "cause": describe(status)}),
-                )?;
+                link.send(NodeReport::Exit {
+                    rank,
+                    ok: status.success(),
+                    cause: describe(status),
+                })?;
             }
         }
         while let Ok(signal) = signals.try_recv() {
-            link.send(json!({"kind": "signal", "name": signal.name()}))?;
+            link.send(NodeReport::Signal { signal })?;
         }
     };
     if let Some(g) = group {

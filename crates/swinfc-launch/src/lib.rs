@@ -11,11 +11,14 @@
 //! the launcher only reads the config, checkpoint manifests and the workers' reports.
 
 mod console;
+mod drain;
 mod error;
 mod follower;
+mod hang;
 mod nodes;
 mod options;
 mod plan;
+mod requeue;
 mod signals;
 mod supervisor;
 mod workers;

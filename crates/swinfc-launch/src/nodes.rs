@@ -6,8 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use swinfc_comm::{JobToken, ServerEvent, ServerHandle};
+use swinfc_comm::{JobOutcome, JobToken, NodeCommand, NodeReport, ServerEvent, ServerHandle};
 use tracing::info;
 
 use crate::workers::Round;
@@ -53,7 +52,7 @@ fn token_from_env() -> Result<Option<JobToken>, LaunchError> {
 }
 
 fn token_path(plan: &Plan) -> PathBuf {
-    plan.run_dir().join("job-token")
+    plan.run_dir().job_token()
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> Result<(), LaunchError> {
@@ -115,8 +114,12 @@ impl Nodes {
 
     pub fn start(&self, server: &ServerHandle, round: &Round) {
         for &node in &self.others {
-            let cmd = json!({"cmd": "start", "generation": round.generation, "attempt": round.attempt,
-                "resume": round.resume, "master_port": round.master_port});
+            let cmd = NodeCommand::Start {
+                generation: round.generation,
+                attempt: round.attempt,
+                resume: round.resume.clone(),
+                master_port: round.master_port,
+            };
             server.send_node(node, cmd);
         }
     }
@@ -130,17 +133,16 @@ impl Nodes {
             return others;
         }
         for &node in &self.others {
-            server.send_node(node, json!({"cmd": "stop"}));
+            server.send_node(node, NodeCommand::Stop);
         }
         let deadline = Instant::now() + grace + Duration::from_secs(5);
         let mut stopped = 0;
         while stopped < self.others.len() && Instant::now() < deadline {
             match server.events().recv_timeout(Duration::from_millis(100)) {
-                Ok(ServerEvent::NodeReport { record, .. })
-                    if record.get("kind").and_then(|k| k.as_str()) == Some("stopped") =>
-                {
-                    stopped += 1
-                }
+                Ok(ServerEvent::NodeReport {
+                    report: NodeReport::Stopped,
+                    ..
+                }) => stopped += 1,
                 Ok(ServerEvent::NodeGone { .. }) => stopped += 1,
                 Ok(event) => others.push(event),
                 Err(_) => {}
@@ -149,9 +151,13 @@ impl Nodes {
         others
     }
 
-    pub fn exit(&self, server: &ServerHandle, outcome: &str, reason: &str) {
+    pub fn exit(&self, server: &ServerHandle, outcome: JobOutcome, reason: &str) {
         for &node in &self.others {
-            server.send_node(node, json!({"cmd": "exit", "outcome": outcome, "reason": reason}));
+            let cmd = NodeCommand::Exit {
+                outcome,
+                reason: reason.to_string(),
+            };
+            server.send_node(node, cmd);
         }
         // Give the commands a moment on the wire before the server goes away with this process.
         if !self.others.is_empty() {
@@ -162,7 +168,7 @@ impl Nodes {
 
 #[cfg(test)]
 mod tests {
-    use swinfc_comm::{ControlServer, NodeClient};
+    use swinfc_comm::{ControlServer, NodeClient, Signal};
 
     use super::*;
 
@@ -178,19 +184,25 @@ mod tests {
         let port = server.local_addr().port();
         let follower = std::thread::spawn(move || {
             let mut link = NodeClient::connect("127.0.0.1", port, &token, 1, T).unwrap();
-            assert_eq!(link.recv_timeout(T).unwrap(), Some(json!({"cmd": "stop"})));
-            link.send(json!({"kind": "signal", "name": "SIGTERM"})).unwrap();
-            link.send(json!({"kind": "stopped"})).unwrap();
+            assert_eq!(link.recv_timeout(T).unwrap(), Some(NodeCommand::Stop));
+            link.send(NodeReport::Signal { signal: Signal::Term }).unwrap();
+            link.send(NodeReport::Stopped).unwrap();
             // Hold the link until node 0 has read both.
             let _ = link.recv_timeout(T);
         });
         let nodes = Nodes::new(2);
         assert!(nodes.wait_joined(&server, T).unwrap().is_empty());
         let others = nodes.stop(&server, Duration::from_secs(1));
-        nodes.exit(&server, "finished", "test");
+        nodes.exit(&server, JobOutcome::Finished, "test");
         follower.join().unwrap();
         assert!(
-            matches!(&others[..], [ServerEvent::NodeReport { node: 1, record }] if record["kind"] == "signal"),
+            matches!(
+                &others[..],
+                [ServerEvent::NodeReport {
+                    node: 1,
+                    report: NodeReport::Signal { .. }
+                }]
+            ),
             "{others:?}"
         );
     }

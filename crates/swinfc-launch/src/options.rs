@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use swinfc_train::Resume;
+
 use crate::LaunchError;
 
 /// Where the workers of this node run.
@@ -59,8 +61,7 @@ pub struct LaunchOptions {
     pub master_addr: String,
     /// 0 on a single node: any free port.
     pub master_port: u16,
-    /// `auto`, `none` or a checkpoint directory.
-    pub resume: String,
+    pub resume: Resume,
     pub max_restarts: u32,
     /// SIGTERM → SIGKILL delay when stopping workers, and the drain deadline after a signal.
     pub grace_period: Duration,

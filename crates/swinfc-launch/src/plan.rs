@@ -2,10 +2,9 @@
 //! what `--dry-run` prints and what every restart round is built from.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use swinfc_train::TrainConfig;
 use swinfc_train::checkpoint::{latest_valid, verify};
+use swinfc_train::{Resume, RunDir, TrainConfig};
 use tracing::warn;
 
 use crate::{Devices, LaunchError, LaunchOptions};
@@ -90,40 +89,36 @@ impl Plan {
         self.node_rank * n..(self.node_rank + 1) * n
     }
 
-    pub fn run_dir(&self) -> &Path {
+    pub fn run_dir(&self) -> &RunDir {
         &self.cfg.run.dir
-    }
-
-    pub fn checkpoints(&self) -> PathBuf {
-        self.cfg.run.dir.join("checkpoints")
     }
 
     /// Writes the run id beside the run's checkpoints, so restarts and requeues keep it.
     pub fn persist_run_id(&self) -> Result<(), LaunchError> {
-        let dir = self.run_dir();
+        let dir = self.run_dir().root();
         std::fs::create_dir_all(dir).map_err(LaunchError::io(dir))?;
-        let path = dir.join(swinfc_metrics::RUN_ID_FILE);
+        let path = self.run_dir().run_id();
         std::fs::write(&path, format!("{}\n", self.run_id)).map_err(LaunchError::io(path))
     }
 
     /// What `--resume` selects right now, as the step it starts from and a description.
-    pub fn resume_point(&self, resume: &str) -> Result<(u64, String), LaunchError> {
+    pub fn resume_point(&self, resume: &Resume) -> Result<(u64, String), LaunchError> {
         Ok(match resume {
-            "none" => (0, "fresh start (--resume none)".into()),
-            "auto" => match latest_valid(&self.checkpoints()) {
+            Resume::None => (0, "fresh start (--resume none)".into()),
+            Resume::Auto => match latest_valid(&self.run_dir().checkpoints()) {
                 Some((dir, state)) => (state.step, format!("step {} from {}", state.step, dir.display())),
                 None => (0, "fresh start (no valid checkpoint in the run directory)".into()),
             },
-            path => {
-                let state = verify(Path::new(path))
-                    .map_err(|e| LaunchError::Usage(format!("--resume {path}: {e}")))?;
-                (state.step, format!("step {} from {path}", state.step))
+            Resume::Path(path) => {
+                let state = verify(path)
+                    .map_err(|e| LaunchError::Usage(format!("--resume {}: {e}", path.display())))?;
+                (state.step, format!("step {} from {}", state.step, path.display()))
             }
         })
     }
 
     /// The `--dry-run` report.
-    pub fn describe(&self, resume: &str) -> Result<String, LaunchError> {
+    pub fn describe(&self, resume: &Resume) -> Result<String, LaunchError> {
         let mut s = String::new();
         let (_, from) = self.resume_point(resume)?;
         let t = &self.cfg.train;
@@ -149,7 +144,7 @@ impl Plan {
             t.micro_batch
         );
         let _ = writeln!(s, "steps:      {}", t.total_steps);
-        let _ = writeln!(s, "run dir:    {}", self.run_dir().display());
+        let _ = writeln!(s, "run dir:    {}", self.run_dir().root().display());
         let _ = writeln!(s, "run id:     {}", self.run_id);
         let _ = writeln!(s, "resume:     {from}");
         Ok(s)
@@ -183,8 +178,8 @@ fn check_gpus(devices: &Devices) -> Result<(), LaunchError> {
     Ok(())
 }
 
-fn persisted_run_id(dir: &Path) -> Option<String> {
-    let id = std::fs::read_to_string(dir.join(swinfc_metrics::RUN_ID_FILE)).ok()?;
+fn persisted_run_id(dir: &RunDir) -> Option<String> {
+    let id = std::fs::read_to_string(dir.run_id()).ok()?;
     let id = id.trim();
     (!id.is_empty()).then(|| id.to_string())
 }

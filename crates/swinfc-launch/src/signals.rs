@@ -12,27 +12,8 @@ use tracing::warn;
 
 use crate::LaunchError;
 
-/// A signal the launcher received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Term,
-    Int,
-    /// Slurm's warning before the time limit: drain, then requeue.
-    Usr1,
-    /// A worker passing on a signal it received.
-    WorkerAsked,
-}
-
-impl Signal {
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::Term => "SIGTERM",
-            Signal::Int => "SIGINT",
-            Signal::Usr1 => "SIGUSR1",
-            Signal::WorkerAsked => "SIGUSR2 (from a worker)",
-        }
-    }
-}
+/// Signals travel between nodes too, so the enum is the control protocol's.
+pub use swinfc_comm::Signal;
 
 /// Starts listening; signals arrive on the receiver instead of killing the launcher.
 pub fn listen() -> Result<Receiver<Signal>, LaunchError> {

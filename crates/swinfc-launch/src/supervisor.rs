@@ -7,12 +7,18 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use swinfc_comm::{ControlServer, JobToken, ServerCommand, ServerEvent, ServerHandle};
+use swinfc_comm::{
+    ControlServer, JobOutcome, JobToken, NodeReport, Phase, ServerCommand, ServerEvent, ServerHandle,
+};
+use swinfc_metrics::record::Record;
 use swinfc_metrics::{RestartReason, RunInfo, RunState, Telemetry};
+use swinfc_train::Resume;
 use swinfc_train::checkpoint::verify;
 use tracing::{error, info, warn};
 
 use crate::console::Console;
+use crate::drain::Drain;
+use crate::hang::HangDetector;
 use crate::nodes::Nodes;
 use crate::signals::{self, Signal};
 use crate::workers::{Group, Round, describe, next_attempt};
@@ -20,10 +26,6 @@ use crate::{LaunchError, LaunchOptions, Outcome, Plan};
 
 /// How often exits, signals and deadlines are checked: a crash is noticed within this.
 const POLL: Duration = Duration::from_millis(50);
-/// After a second signal, the drain gets at most this much longer.
-const SECOND_SIGNAL_GRACE: Duration = Duration::from_secs(5);
-/// Signals this close to the first one are copies of it (Slurm signals every task of a job).
-const SAME_EVENT: Duration = Duration::from_secs(2);
 
 /// Why a round ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,24 +68,6 @@ enum End {
     Failed(Failure),
 }
 
-/// What a worker last told the launcher in this round.
-#[derive(Clone)]
-struct RankState {
-    last_beat: Instant,
-    /// `setup` until the first heartbeat, then what the worker says (`train`, `eval`, `finishing`).
-    phase: String,
-    step: u64,
-    done: bool,
-}
-
-struct Drain {
-    signal: Signal,
-    stop_after: u64,
-    started: Instant,
-    deadline: Instant,
-    signals: u32,
-}
-
 struct Supervisor<'a> {
     plan: &'a Plan,
     opts: &'a LaunchOptions,
@@ -123,8 +107,8 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         plan.cfg.train.total_steps,
         plan.cfg.train.global_batch,
     ));
-    let telemetry =
-        Telemetry::start(&plan.cfg.metrics.listen, plan.run_dir(), run_info(plan)).map_err(|e| {
+    let telemetry = Telemetry::start(&plan.cfg.metrics.listen, plan.run_dir().root(), run_info(plan))
+        .map_err(|e| {
             LaunchError::Failed(format!(
                 "{e} (another run on this node? set metrics.listen; port 0 picks a free one)"
             ))
@@ -152,17 +136,17 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         Ok(Outcome::Preempted) => {
             let step = sup.round_step;
             (
-                "preempted",
+                JobOutcome::Preempted,
                 RunState::Finished,
                 format!("preempted: drained at step {step}, resume with --resume auto"),
             )
         }
         Ok(_) => (
-            "finished",
+            JobOutcome::Finished,
             RunState::Finished,
             "finished: all steps done".to_string(),
         ),
-        Err(e) => ("failed", RunState::Failed, format!("failed: {e}")),
+        Err(e) => (JobOutcome::Failed, RunState::Failed, format!("failed: {e}")),
     };
     sup.nodes.exit(&sup.server, outcome, &reason);
     sup.set_state(state);
@@ -254,34 +238,30 @@ impl Supervisor<'_> {
 
     /// Watches one round until it finishes, drains, or a worker fails (then it is stopped).
     fn watch(&mut self, mut group: Group, start_step: u64) -> End {
-        let spawned = Instant::now();
-        let mut ranks = vec![
-            RankState {
-                last_beat: spawned,
-                phase: "setup".into(),
-                step: start_step,
-                done: false,
-            };
-            self.plan.world_size()
-        ];
-        let mut step_seconds = Vec::new();
+        let mut hang = HangDetector::new(
+            self.plan.world_size(),
+            start_step,
+            self.opts.setup_timeout,
+            self.opts.step_timeout,
+            Instant::now(),
+        );
         loop {
             for (rank, status) in group.poll_exits() {
                 self.telemetry.worker_up(rank, false);
                 if status.success() {
-                    ranks[rank].done = true;
+                    hang.done(rank);
                 } else {
                     return self.fail(group, Failure::new(rank, FailureKind::Crash, describe(status)));
                 }
             }
-            if ranks.iter().all(|r| r.done) {
+            if hang.all_done() {
                 group.reap();
                 let preempted = self.drain.is_some() && self.round_step < self.plan.cfg.train.total_steps;
                 return if preempted { End::Drained } else { End::Finished };
             }
             match self.server.events().recv_timeout(POLL) {
                 Ok(event) => {
-                    if let Err(failure) = self.on_event(event, &mut ranks, &mut step_seconds) {
+                    if let Err(failure) = self.on_event(event, Some(&mut hang)) {
                         return self.fail(group, failure);
                     }
                 }
@@ -295,10 +275,10 @@ impl Supervisor<'_> {
                 self.on_signal(signal);
             }
             if let Some(drain) = &self.drain
-                && Instant::now() > drain.deadline
+                && drain.expired(Instant::now())
             {
                 warn!(
-                    stop_after = drain.stop_after,
+                    stop_after = drain.stop_after(),
                     "the drain did not finish in time: stopping the workers; the previous checkpoint stands"
                 );
                 let late = self.nodes.stop(&self.server, self.opts.grace_period);
@@ -306,91 +286,80 @@ impl Supervisor<'_> {
                 group.stop(Duration::ZERO);
                 return End::Drained;
             }
-            if let Some(failure) = self.hang(&group, &ranks, &step_seconds) {
-                return self.fail(group, failure);
+            if let Some(h) = hang.check(Instant::now(), |rank| group.is_suspended(rank)) {
+                return self.fail(group, Failure::new(h.rank, FailureKind::Hang, h.cause));
             }
         }
     }
 
-    fn on_event(
-        &mut self,
-        event: ServerEvent,
-        ranks: &mut [RankState],
-        step_seconds: &mut Vec<f64>,
-    ) -> Result<(), Failure> {
+    /// One event of the control server; `hang` is the watched round's detector, if any.
+    fn on_event(&mut self, event: ServerEvent, mut hang: Option<&mut HangDetector>) -> Result<(), Failure> {
         match event {
             ServerEvent::Joined { rank, .. } => {
                 self.telemetry.worker_up(rank, true);
                 if let Some(drain) = &self.drain {
                     self.server
-                        .send_command(rank, ServerCommand::StopAfterStep(drain.stop_after));
+                        .send_command(rank, ServerCommand::StopAfterStep(drain.stop_after()));
                 }
             }
             ServerEvent::Heartbeat { rank, step, phase } => {
-                if let Some(r) = ranks.get_mut(rank) {
-                    r.last_beat = Instant::now();
+                if let Some(hang) = hang {
+                    hang.heartbeat(rank, step, phase, Instant::now());
                     if rank == 0 {
-                        let state = if phase == "eval" {
-                            RunState::Evaluating
-                        } else {
-                            RunState::Running
-                        };
-                        self.set_state(state);
+                        self.set_state(match phase {
+                            Phase::Train => RunState::Running,
+                            Phase::Eval => RunState::Evaluating,
+                            Phase::Finishing => RunState::Checkpointing,
+                        });
                     }
-                    r.phase = phase;
-                    r.step = step;
                 }
             }
             ServerEvent::Report { rank, record } => {
-                if let Some(r) = ranks.get_mut(rank) {
-                    r.last_beat = Instant::now();
+                if let Some(hang) = hang.as_deref_mut() {
+                    hang.alive(rank, Instant::now());
                 }
-                self.telemetry.report(rank, &record);
-                match record.get("kind").and_then(|k| k.as_str()) {
-                    Some("step") => {
-                        let step = record.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
-                        self.max_step = self.max_step.max(step);
-                        self.round_step = self.round_step.max(step);
+                match self.telemetry.report(rank, &record) {
+                    Some(Record::Step(record)) => {
+                        self.max_step = self.max_step.max(record.step);
+                        self.round_step = self.round_step.max(record.step);
                         if let Some((reason, since)) = self.recovering.take() {
                             self.telemetry.recovered(reason, since.elapsed().as_secs_f64());
                         }
                         if rank == 0 {
-                            if let Some(s) = record.get("seconds").and_then(|s| s.as_f64()) {
-                                step_seconds.push(s);
+                            if let Some(hang) = hang {
+                                hang.step_time(record.seconds);
                             }
                             self.console.step(&record);
                         }
                     }
-                    Some("checkpoint") if record.get("ok").and_then(|o| o.as_bool()) == Some(true) => {
-                        self.committed = record.get("step").and_then(|s| s.as_u64()).or(self.committed);
-                    }
+                    Some(Record::Checkpoint(record)) if record.ok => self.committed = Some(record.step),
                     _ => {}
                 }
             }
             ServerEvent::Disconnected { rank, .. } => self.telemetry.worker_up(rank, false),
             ServerEvent::BadToken { peer } => warn!(%peer, "a connection with a wrong job token was refused"),
             ServerEvent::Rejected { peer, reason } => warn!(%peer, %reason, "a connection was refused"),
-            ServerEvent::NodeReport { node, record } => match record.get("kind").and_then(|k| k.as_str()) {
-                Some("exit") => {
-                    let rank = record.get("rank").and_then(|r| r.as_u64()).unwrap_or(0) as usize;
-                    if record.get("ok").and_then(|o| o.as_bool()) == Some(true) {
-                        if let Some(r) = ranks.get_mut(rank) {
-                            r.done = true;
-                        }
-                    } else {
-                        let cause = record.get("cause").and_then(|c| c.as_str()).unwrap_or("failed");
-                        return Err(Failure::new(
-                            rank,
-                            FailureKind::Crash,
-                            format!("(node {node}) {cause}"),
-                        ));
+            ServerEvent::NodeReport { node, report } => match report {
+                NodeReport::Exit { rank, ok: true, .. } => {
+                    if let Some(hang) = hang {
+                        hang.done(rank);
                     }
                 }
-                Some("signal") => {
-                    let usr1 = record.get("name").and_then(|n| n.as_str()) == Some(Signal::Usr1.name());
-                    self.on_signal(if usr1 { Signal::Usr1 } else { Signal::WorkerAsked });
+                NodeReport::Exit { rank, cause, .. } => {
+                    return Err(Failure::new(
+                        rank,
+                        FailureKind::Crash,
+                        format!("(node {node}) {cause}"),
+                    ));
                 }
-                _ => {}
+                // Another node's signal is the same scheduler event as one here (a USR1 still
+                // asks for the requeue); anything else drains like a worker's request.
+                NodeReport::Signal { signal } => self.on_signal(if signal == Signal::Usr1 {
+                    Signal::Usr1
+                } else {
+                    Signal::WorkerAsked
+                }),
+                NodeReport::Stopped => {}
             },
             ServerEvent::NodeJoined { node, .. } => {
                 warn!(node, "a node joined mid-round; it waits for the next round")
@@ -422,73 +391,17 @@ impl Supervisor<'_> {
                 self.server
                     .broadcast_command(ServerCommand::StopAfterStep(stop_after));
                 self.set_state(RunState::Draining);
-                self.drain = Some(Drain {
-                    signal,
-                    stop_after,
-                    started: now,
-                    deadline: now + self.opts.grace_period,
-                    signals: 1,
-                });
-            }
-            // The scheduler signals every process (and node) of the job at once: one event, not two.
-            Some(drain) if signal == Signal::WorkerAsked || now - drain.started < SAME_EVENT => {
-                if signal == Signal::Usr1 {
-                    drain.signal = Signal::Usr1;
-                }
+                self.drain = Some(Drain::start(signal, stop_after, now, self.opts.grace_period));
             }
             Some(drain) => {
-                drain.signals += 1;
-                let limit = if drain.signals == 2 {
-                    now + SECOND_SIGNAL_GRACE
-                } else {
-                    now
-                };
-                drain.deadline = drain.deadline.min(limit);
-                warn!(
-                    signal = signal.name(),
-                    count = drain.signals,
-                    "signal while draining: deadline shortened"
-                );
+                if let Some(count) = drain.another(signal, now) {
+                    warn!(
+                        signal = signal.name(),
+                        count, "signal while draining: deadline shortened"
+                    );
+                }
             }
         }
-    }
-
-    /// A rank silent for longer than its phase allows; a suspended process is named first.
-    fn hang(&self, group: &Group, ranks: &[RankState], step_seconds: &[f64]) -> Option<Failure> {
-        let now = Instant::now();
-        let step_timeout = step_timeout(step_seconds, self.opts.step_timeout);
-        let silent: Vec<(usize, &RankState, Duration)> = ranks
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.done)
-            .filter_map(|(rank, r)| {
-                // The first step of a round compiles and warms up: it gets the setup allowance.
-                let training = r.phase == "train" && !step_seconds.is_empty();
-                let limit = if training {
-                    step_timeout
-                } else {
-                    self.opts.setup_timeout
-                };
-                let quiet = now - r.last_beat;
-                (quiet > limit).then_some((rank, r, quiet))
-            })
-            .collect();
-        let (rank, r, quiet) = silent
-            .iter()
-            .find(|(rank, ..)| group.is_suspended(*rank))
-            .or_else(|| silent.iter().min_by_key(|(_, r, _)| (r.step, r.last_beat)))?;
-        let suspended = if group.is_suspended(*rank) {
-            ", process is stopped"
-        } else {
-            ""
-        };
-        let cause = format!(
-            "hung: no progress for {:.0} s in phase {} at step {}{suspended}",
-            quiet.as_secs_f64(),
-            r.phase,
-            r.step
-        );
-        Some(Failure::new(*rank, FailureKind::Hang, cause))
     }
 
     /// Stops the round everywhere after a failure.
@@ -510,19 +423,19 @@ impl Supervisor<'_> {
     /// has nothing left to stop.
     fn unwatched(&mut self, events: Vec<ServerEvent>) {
         for event in events {
-            let _ = self.on_event(event, &mut [], &mut Vec::new());
+            let _ = self.on_event(event, None);
         }
     }
 
     /// The checkpoint a new round starts from: the newest this job committed, if it verifies,
     /// else what the user asked for (`auto` then finds the newest valid one).
-    fn restart_point(&self) -> String {
+    fn restart_point(&self) -> Resume {
         if let Some(step) = self.committed {
-            let dir = self.plan.checkpoints().join(format!("step-{step:08}"));
+            let dir = self.plan.run_dir().checkpoint(step);
             if verify(&dir).is_ok() {
-                return dir.display().to_string();
+                return Resume::Path(dir);
             }
-            return "auto".into();
+            return Resume::Auto;
         }
         self.opts.resume.clone()
     }
@@ -547,34 +460,14 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Under Slurm, SIGUSR1 means the time limit is near: put the job back in the queue.
+    /// A drain that Slurm's time-limit warning started puts the job back in the queue.
     fn requeue(&self) {
-        let (Some(drain), Some(id)) = (&self.drain, &self.opts.slurm_requeue_id) else {
-            return;
-        };
-        if drain.signal != Signal::Usr1 {
-            return;
-        }
-        match std::process::Command::new("scontrol")
-            .args(["requeue", id])
-            .status()
+        if let (Some(drain), Some(id)) = (&self.drain, &self.opts.slurm_requeue_id)
+            && drain.requeue()
         {
-            Ok(s) if s.success() => info!(job = %id, "requeued"),
-            Ok(s) => error!(job = %id, status = %s, "scontrol requeue failed"),
-            Err(e) => error!(job = %id, error = %e, "cannot run scontrol requeue"),
+            crate::requeue::requeue(id);
         }
     }
-}
-
-/// `max(10 × p99 step time, floor)`: generous for a slow step, tight for a stuck one.
-fn step_timeout(step_seconds: &[f64], floor: Duration) -> Duration {
-    if step_seconds.is_empty() {
-        return floor;
-    }
-    let mut sorted = step_seconds.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let p99 = sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize];
-    floor.max(Duration::from_secs_f64(10.0 * p99))
 }
 
 fn run_info(plan: &Plan) -> RunInfo {

@@ -4,12 +4,13 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use swinfc_comm::WorkerIdentity;
+use swinfc_train::{Resume, RunDir};
 use tracing::warn;
 
 use crate::console::Console;
@@ -19,8 +20,8 @@ use crate::{Devices, LaunchError, LaunchOptions, Plan};
 pub struct Round<'a> {
     pub generation: u64,
     pub attempt: u64,
-    /// `--resume` for the workers: `auto`, `none` or a checkpoint directory.
-    pub resume: &'a str,
+    /// `--resume` for the workers.
+    pub resume: &'a Resume,
     pub master_addr: &'a str,
     pub master_port: u16,
     pub token_hex: &'a str,
@@ -45,10 +46,7 @@ impl Group {
         round: &Round,
         console: &Arc<Console>,
     ) -> Result<Group, LaunchError> {
-        let logs = plan
-            .run_dir()
-            .join("logs")
-            .join(format!("attempt-{}", round.attempt));
+        let logs = plan.run_dir().attempt_logs(round.attempt);
         std::fs::create_dir_all(&logs).map_err(LaunchError::io(&logs))?;
         let mut group = Group {
             workers: Vec::new(),
@@ -69,7 +67,7 @@ impl Group {
             for o in &opts.overrides {
                 cmd.arg("--set").arg(o);
             }
-            cmd.arg("--resume").arg(round.resume);
+            cmd.arg("--resume").arg(round.resume.to_string());
             cmd.envs(identity.to_env()).env("NO_COLOR", "1");
             match &plan.devices {
                 Devices::Gpus(ids) => {
@@ -237,8 +235,8 @@ fn pump(
 }
 
 /// The next attempt number: one more than any attempt whose logs exist, so requeued jobs count on.
-pub fn next_attempt(run_dir: &Path) -> u64 {
-    let last = std::fs::read_dir(run_dir.join("logs"))
+pub fn next_attempt(run_dir: &RunDir) -> u64 {
+    let last = std::fs::read_dir(run_dir.logs())
         .into_iter()
         .flatten()
         .flatten()

@@ -72,6 +72,70 @@ pub const WORKER_LAST_PROGRESS: &str = "swinfc_worker_last_progress_timestamp_se
 pub const ALLREDUCE_SECONDS: &str = "swinfc_allreduce_seconds_total";
 pub const ALLREDUCE_BYTES: &str = "swinfc_allreduce_bytes_total";
 
+/// The launcher's state machine (operations.md): the `state` label of `swinfc_run_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Starting,
+    Running,
+    Draining,
+    /// Rank 0 writes the final checkpoint after the last step.
+    Checkpointing,
+    Restarting,
+    Evaluating,
+    Finished,
+    Failed,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 8] = [
+        RunState::Starting,
+        RunState::Running,
+        RunState::Draining,
+        RunState::Checkpointing,
+        RunState::Restarting,
+        RunState::Evaluating,
+        RunState::Finished,
+        RunState::Failed,
+    ];
+
+    /// The `state` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::Draining => "draining",
+            RunState::Checkpointing => "checkpointing",
+            RunState::Restarting => "restarting",
+            RunState::Evaluating => "evaluating",
+            RunState::Finished => "finished",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// Why workers were restarted within the job: the `reason` label of `swinfc_worker_restarts_total`.
+/// A preemption is not among them: it drains and ends the job, and the requeued job is a new
+/// attempt, not a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartReason {
+    Crash,
+    Hang,
+}
+
+impl RestartReason {
+    pub const ALL: [RestartReason; 2] = [RestartReason::Crash, RestartReason::Hang];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RestartReason::Crash => "crash",
+            RestartReason::Hang => "hang",
+        }
+    }
+}
+
 /// Label values (metrics.md: labels are small enums only).
 pub const PHASES: [&str; 6] = [
     "data_wait",
@@ -92,7 +156,6 @@ pub const PARAM_GROUPS: [&str; 2] = ["backbone", "new"];
 pub const SKIP_REASONS: [&str; 3] = ["decode", "missing", "empty"];
 pub const HEADS: [&str; 5] = ["combined", "backbone", "stage2", "stage3", "stage4"];
 pub const CHECKPOINT_PHASES: [&str; 3] = ["blocking", "write", "total"];
-pub const CHECKPOINT_REASONS: [&str; 4] = ["periodic", "preemption", "best", "final"];
 pub const CHECKPOINT_RESULTS: [&str; 2] = ["success", "failure"];
 
 const fn spec(
@@ -116,6 +179,7 @@ const BYTES: Option<&str> = Some("bytes");
 const RATIO: Option<&str> = Some("ratio");
 
 use Kind::{Counter, Gauge, Histogram, SecondsCounter};
+use serde::{Deserialize, Serialize};
 
 /// Every metric the exporter serves (metrics.md, "Catalogue").
 pub const CATALOGUE: &[MetricSpec] = &[

@@ -2,11 +2,13 @@
 //! `/metrics` HTTP endpoint, `events.jsonl`, and plots drawn from it.
 //!
 //! Owns: metric names, types, labels and buckets ([`catalogue`]), the schema of the records workers
-//! report ([`record`]), turning them into metrics and event lines ([`Telemetry`]), and the SVG
-//! report ([`plot`]). Must not: spawn processes, hold tensors, or know the training loop — the
-//! launcher calls [`Telemetry`] with what it sees, and the worker sends [`record`] values.
+//! report ([`record`]) and of `events.jsonl` ([`event`]), turning records into metrics and event
+//! lines ([`Telemetry`]), and the SVG report ([`plot`]). Must not: spawn processes, hold tensors,
+//! or know the training loop — the launcher calls [`Telemetry`] with what it sees, and the worker
+//! sends [`record`] values.
 
 pub mod catalogue;
+pub mod event;
 mod http;
 pub mod plot;
 pub mod record;
@@ -14,8 +16,8 @@ mod telemetry;
 
 use std::path::{Path, PathBuf};
 
-pub use catalogue::{CATALOGUE, Kind, MetricSpec};
-pub use telemetry::{EVENTS_FILE, RUN_ID_FILE, RestartReason, RunInfo, RunState, TARGETS_FILE, Telemetry};
+pub use catalogue::{CATALOGUE, Kind, MetricSpec, RestartReason, RunState};
+pub use telemetry::{EVENTS_FILE, RUN_ID_FILE, RunInfo, TARGETS_FILE, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Deserialize;
 use tracing::warn;
 
 use crate::MetricsError;
-use crate::catalogue::{HEADS, LOSS_COMPONENTS};
+use crate::catalogue::{HEADS, LOSS_COMPONENTS, PARAM_GROUPS};
+use crate::event::{EvalEvent, Event, EventLine, StepEvent};
 
 const PANEL_W: f64 = 560.0;
 const PANEL_H: f64 = 320.0;
@@ -19,19 +19,15 @@ const COLOURS: [&str; 7] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf",
 ];
 
-/// One line of `events.jsonl`, as far as the plot needs it.
-#[derive(Debug, Deserialize)]
-struct Event {
-    kind: String,
-    step: Option<u64>,
-    loss: Option<f64>,
-    #[serde(default)]
-    loss_components: BTreeMap<String, Option<f64>>,
-    #[serde(default)]
-    lr: BTreeMap<String, f64>,
-    samples_per_second: Option<f64>,
-    #[serde(default)]
-    accuracy: BTreeMap<String, f64>,
+/// The finite values of `events` by step, as a named line.
+fn series<E>(events: &BTreeMap<u64, E>, name: &str, value: impl Fn(&E) -> Option<f64>) -> Series {
+    Series {
+        name: name.to_string(),
+        points: events
+            .iter()
+            .filter_map(|(s, e)| value(e).filter(|v| v.is_finite()).map(|v| (*s as f64, v)))
+            .collect(),
+    }
 }
 
 /// A named line of (step, value) points.
@@ -59,10 +55,10 @@ pub fn plot_run(run_dir: &Path, out: &Path) -> Result<PlotSummary, MetricsError>
 /// The SVG for the contents of an `events.jsonl` (`path` only names it in errors).
 pub fn render_svg(events: &str, path: &Path) -> Result<(String, PlotSummary), MetricsError> {
     // After a rollback, steps are replayed: the later line for a step replaces the earlier one.
-    let mut steps: BTreeMap<u64, Event> = BTreeMap::new();
-    let mut evals: BTreeMap<u64, Event> = BTreeMap::new();
+    let mut steps: BTreeMap<u64, StepEvent> = BTreeMap::new();
+    let mut evals: BTreeMap<u64, EvalEvent> = BTreeMap::new();
     for (i, line) in events.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let event: Event = match serde_json::from_str(line) {
+        let event: EventLine = match serde_json::from_str(line) {
             Ok(e) => e,
             // The last line of a run that was killed mid-write is torn; the rest is still useful.
             Err(e) => {
@@ -70,12 +66,12 @@ pub fn render_svg(events: &str, path: &Path) -> Result<(String, PlotSummary), Me
                 continue;
             }
         };
-        match (event.kind.as_str(), event.step) {
-            ("step", Some(step)) => {
-                steps.insert(step, event);
+        match event.event {
+            Event::Step(step) => {
+                steps.insert(step.step, step);
             }
-            ("eval", Some(step)) => {
-                evals.insert(step, event);
+            Event::Eval(eval) => {
+                evals.insert(eval.step, eval);
             }
             _ => {}
         }
@@ -87,23 +83,19 @@ pub fn render_svg(events: &str, path: &Path) -> Result<(String, PlotSummary), Me
             message: "no step summaries to plot".into(),
         });
     }
-    let series = |events: &BTreeMap<u64, Event>, name: &str, value: &dyn Fn(&Event) -> Option<f64>| Series {
-        name: name.to_string(),
-        points: events
-            .iter()
-            .filter_map(|(s, e)| value(e).filter(|v| v.is_finite()).map(|v| (*s as f64, v)))
-            .collect(),
-    };
-    let mut loss = vec![series(&steps, "total", &|e| e.loss)];
-    loss.extend(LOSS_COMPONENTS.map(|c| series(&steps, c, &|e| e.loss_components.get(c).copied().flatten())));
-    let lr: Vec<Series> = ["backbone", "new"]
-        .into_iter()
-        .map(|g| series(&steps, g, &|e| e.lr.get(g).copied()))
-        .collect();
-    let throughput = vec![series(&steps, "samples/s", &|e| e.samples_per_second)];
+    let mut loss = vec![series(&steps, "total", |e| e.loss)];
+    loss.extend(
+        (0..LOSS_COMPONENTS.len())
+            .map(|i| series(&steps, LOSS_COMPONENTS[i], |e| e.loss_components.labelled()[i].1)),
+    );
+    let lr = vec![
+        series(&steps, PARAM_GROUPS[0], |e| Some(e.lr.backbone)),
+        series(&steps, PARAM_GROUPS[1], |e| Some(e.lr.new)),
+    ];
+    let throughput = vec![series(&steps, "samples/s", |e| Some(e.samples_per_second))];
     let accuracy: Vec<Series> = HEADS
         .into_iter()
-        .map(|h| series(&evals, h, &|e| e.accuracy.get(h).copied()))
+        .map(|h| series(&evals, h, |e| e.accuracy.get(h).copied()))
         .collect();
 
     let mut svg = String::new();

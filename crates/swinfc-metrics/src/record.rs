@@ -25,8 +25,7 @@
 //!   the training images this rank skipped since its previous step record, by the loader's reason
 //!   (`empty file`, `io error`, `unknown format`, `truncated`, `decode error`).
 //! - `eval`: the same result on every rank (counts are all-reduced); `result` is `EvalResult`.
-//! - `checkpoint`: rank 0 only, when a background save finishes. `reason` is one of periodic,
-//!   preemption, best, final; `blocking_seconds` is how long training waited (copy to host and
+//! - `checkpoint`: rank 0 only, when a background save finishes. `reason` is a [`SaveReason`]; `blocking_seconds` is how long training waited (copy to host and
 //!   serialisation), `write_seconds` the background write, `total_seconds` from the start of the
 //!   blocking part to the end of the write.
 
@@ -149,7 +148,7 @@ impl EvalResult {
 pub struct CheckpointRecord {
     pub ok: bool,
     pub step: u64,
-    pub reason: String,
+    pub reason: SaveReason,
     #[serde(default)]
     pub bytes: u64,
     pub blocking_seconds: f64,
@@ -159,6 +158,31 @@ pub struct CheckpointRecord {
     pub total_seconds: f64,
     #[serde(default)]
     pub error: Option<String>,
+}
+
+/// Why a checkpoint is saved: the `reason` label of `swinfc_checkpoints_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveReason {
+    /// `checkpoint.every_steps`.
+    Periodic,
+    /// The launcher asked to stop after this step (drain on a signal).
+    Preemption,
+    /// The last step of the run.
+    Final,
+}
+
+impl SaveReason {
+    pub const ALL: [SaveReason; 3] = [SaveReason::Periodic, SaveReason::Preemption, SaveReason::Final];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SaveReason::Periodic => "periodic",
+            SaveReason::Preemption => "preemption",
+            SaveReason::Final => "final",
+        }
+    }
 }
 
 /// The `reason` label of `swinfc_data_samples_skipped_total` for a loader skip reason.

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics::{Recorder, counter, gauge, histogram, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::MetricsError;
 use crate::catalogue::*;
+use crate::event::{EvalEvent, Event, EventLine, StepEvent};
 use crate::http::{Server, reachable};
-use crate::record::{CheckpointRecord, EvalRecord, Record, StepRecord, skip_reason};
+use crate::record::{CheckpointRecord, EvalRecord, Record, SaveReason, StepRecord, skip_reason};
 
 /// The file Prometheus' `file_sd_configs` reads this exporter's address from.
 pub const TARGETS_FILE: &str = "prometheus-targets.json";
@@ -43,71 +44,6 @@ pub struct RunInfo {
     /// β of the stage-2, -3 and -4 cross-entropies; the backbone CE and the contrastive term weigh 1.
     pub loss_weights: [f64; 3],
     pub version: String,
-}
-
-/// The launcher's state machine (operations.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    Starting,
-    Running,
-    Draining,
-    Checkpointing,
-    Restarting,
-    Evaluating,
-    Finished,
-    Failed,
-}
-
-impl RunState {
-    pub const ALL: [RunState; 8] = [
-        RunState::Starting,
-        RunState::Running,
-        RunState::Draining,
-        RunState::Checkpointing,
-        RunState::Restarting,
-        RunState::Evaluating,
-        RunState::Finished,
-        RunState::Failed,
-    ];
-
-    /// The `state` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            RunState::Starting => "starting",
-            RunState::Running => "running",
-            RunState::Draining => "draining",
-            RunState::Checkpointing => "checkpointing",
-            RunState::Restarting => "restarting",
-            RunState::Evaluating => "evaluating",
-            RunState::Finished => "finished",
-            RunState::Failed => "failed",
-        }
-    }
-}
-
-/// Why workers were restarted within the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartReason {
-    Crash,
-    Hang,
-    Preemption,
-}
-
-impl RestartReason {
-    pub const ALL: [RestartReason; 3] = [
-        RestartReason::Crash,
-        RestartReason::Hang,
-        RestartReason::Preemption,
-    ];
-
-    /// The `reason` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            RestartReason::Crash => "crash",
-            RestartReason::Hang => "hang",
-            RestartReason::Preemption => "preemption",
-        }
-    }
 }
 
 /// The file in the run directory that keeps `run_id` across restarts and requeues (the launcher
@@ -198,7 +134,7 @@ impl Telemetry {
     /// Makes `state` the one `swinfc_run_state` series at 1, and logs the change.
     pub fn set_state(&self, state: RunState) {
         self.record(|| set_state_gauges(state));
-        self.event("state", json!({"state": state.label()}));
+        self.event(Event::State { state });
     }
 
     /// `swinfc_run_attempt`: 1 + in-job restarts + requeues, as the launcher counts them.
@@ -212,16 +148,20 @@ impl Telemetry {
 
     /// A worker's step, eval or checkpoint record (schema in [`crate::record`]). Run-wide values
     /// (steps, loss, learning rate, evals, checkpoints) are taken from rank 0 only, so each step
-    /// counts once; per-rank values from every rank. A record that does not parse is logged and
-    /// dropped: a worker of another version must not take the launcher down.
-    pub fn report(&self, rank: usize, record: &Value) {
-        match Record::deserialize(record) {
-            Ok(Record::Step(step)) => self.step(rank, &step),
-            Ok(Record::Eval(eval)) if rank == 0 => self.eval(&eval),
-            Ok(Record::Checkpoint(checkpoint)) if rank == 0 => self.checkpoint(&checkpoint),
-            Ok(_) => {}
-            Err(e) => warn!(rank, error = %e, "dropping a worker record that does not parse"),
+    /// counts once; per-rank values from every rank. The record is decoded here once and returned
+    /// typed for the caller's own use; one that does not parse is logged and dropped (`None`): a
+    /// worker of another version must not take the launcher down.
+    pub fn report(&self, rank: usize, record: &Value) -> Option<Record> {
+        let record = Record::deserialize(record)
+            .inspect_err(|e| warn!(rank, error = %e, "dropping a worker record that does not parse"))
+            .ok()?;
+        match &record {
+            Record::Step(step) => self.step(rank, step),
+            Record::Eval(eval) if rank == 0 => self.eval(eval),
+            Record::Checkpoint(checkpoint) if rank == 0 => self.checkpoint(checkpoint),
+            _ => {}
         }
+        Some(record)
     }
 
     /// Workers were restarted from the latest checkpoint; `replayed_steps` is the work redone.
@@ -230,10 +170,11 @@ impl Telemetry {
             counter!(WORKER_RESTARTS, "reason" => reason.label()).increment(1);
             counter!(TRAIN_REPLAYED_STEPS).increment(replayed_steps);
         });
-        self.event(
-            "restart",
-            json!({"reason": reason.label(), "detail": detail, "replayed_steps": replayed_steps}),
-        );
+        self.event(Event::Restart {
+            reason,
+            detail: detail.to_string(),
+            replayed_steps,
+        });
     }
 
     /// The first step after a restart completed, `seconds` after the failure was detected.
@@ -243,7 +184,9 @@ impl Telemetry {
 
     /// The launcher received a signal (`SIGTERM`, `SIGUSR1`, ...).
     pub fn signal(&self, name: &str) {
-        self.event("signal", json!({"signal": name}));
+        self.event(Event::Signal {
+            signal: name.to_string(),
+        });
     }
 
     /// Ends the run: final state, the `end` line (the last of `events.jsonl`, giving `reason`),
@@ -251,7 +194,10 @@ impl Telemetry {
     /// returns, so a last scrape before it still sees everything.
     pub fn finish(self, state: RunState, reason: &str) {
         self.set_state(state);
-        self.event("end", json!({"state": state.label(), "reason": reason}));
+        self.event(Event::End {
+            state,
+            reason: reason.to_string(),
+        });
         if let Err(e) = std::fs::remove_file(&self.targets) {
             warn!(path = %self.targets.display(), error = %e, "removing the Prometheus targets file");
         }
@@ -337,17 +283,16 @@ impl Telemetry {
             // Samples that accumulated between scrapes are drained into the histograms here, so a
             // run nobody scrapes does not grow without bound.
             self.recorder.handle().run_upkeep();
-            let c = &r.loss_components;
-            self.event(
-                "step",
-                json!({
-                    "step": r.step, "epoch": r.epoch, "loss": r.loss,
-                    "loss_components": {"backbone_ce": c.backbone_ce, "stage2_ce": c.stage2_ce,
-                        "stage3_ce": c.stage3_ce, "stage4_ce": c.stage4_ce, "contrastive": c.contrastive},
-                    "lr": {"backbone": r.lr.backbone, "new": r.lr.new}, "grad_norm": r.grad_norm,
-                    "samples_per_second": samples_per_second, "step_seconds": r.seconds,
-                }),
-            );
+            self.event(Event::Step(StepEvent {
+                step: r.step,
+                epoch: r.epoch,
+                loss: r.loss,
+                loss_components: r.loss_components.clone(),
+                lr: r.lr.clone(),
+                grad_norm: r.grad_norm,
+                samples_per_second,
+                step_seconds: r.seconds,
+            }));
         }
     }
 
@@ -365,23 +310,21 @@ impl Telemetry {
             gauge!(EVAL_SAMPLES, "split" => split.clone()).set(r.result.samples as f64);
         });
         drop(progress);
-        let accuracy: Map<String, Value> = r
-            .result
-            .labelled()
-            .into_iter()
-            .map(|(h, a)| (h.to_string(), json!(a)))
-            .collect();
-        self.event(
-            "eval",
-            json!({"step": r.result.step, "split": r.split, "samples": r.result.samples, "accuracy": accuracy}),
-        );
+        self.event(Event::Eval(EvalEvent {
+            step: r.result.step,
+            split: r.split.clone(),
+            samples: r.result.samples,
+            accuracy: r
+                .result
+                .labelled()
+                .into_iter()
+                .map(|(h, a)| (h.to_string(), a))
+                .collect(),
+        }));
     }
 
     fn checkpoint(&self, r: &CheckpointRecord) {
-        let Some(reason) = CHECKPOINT_REASONS.into_iter().find(|c| *c == r.reason) else {
-            warn!(reason = %r.reason, "checkpoint record with an unknown reason");
-            return;
-        };
+        let reason = r.reason.label();
         let result = if r.ok { "success" } else { "failure" };
         self.record(|| {
             counter!(CHECKPOINTS, "reason" => reason, "result" => result).increment(1);
@@ -395,14 +338,7 @@ impl Telemetry {
                 gauge!(CHECKPOINT_LAST_STEP).set(r.step as f64);
             }
         });
-        self.event(
-            "checkpoint",
-            json!({
-                "step": r.step, "ok": r.ok, "reason": reason, "bytes": r.bytes,
-                "blocking_seconds": r.blocking_seconds, "write_seconds": r.write_seconds,
-                "total_seconds": r.total_seconds, "error": r.error,
-            }),
-        );
+        self.event(Event::Checkpoint(r.clone()));
     }
 
     /// Every catalogue series whose label values are known up front, at its zero, so dashboards
@@ -457,9 +393,9 @@ impl Telemetry {
                     let _ = counter!(DATA_SKIPPED, "rank" => rank.clone(), "reason" => reason);
                 }
             }
-            for reason in CHECKPOINT_REASONS {
+            for reason in SaveReason::ALL {
                 for result in CHECKPOINT_RESULTS {
-                    let _ = counter!(CHECKPOINTS, "reason" => reason, "result" => result);
+                    let _ = counter!(CHECKPOINTS, "reason" => reason.label(), "result" => result);
                 }
             }
             for phase in CHECKPOINT_PHASES {
@@ -487,19 +423,20 @@ impl Telemetry {
     }
 
     /// Appends one line to `events.jsonl`; a full disk is logged, never fatal to the run.
-    fn event(&self, kind: &str, fields: Value) {
-        let mut line = Map::new();
-        line.insert("ts".into(), json!((unix_now() * 1000.0).round() / 1000.0));
-        line.insert("kind".into(), json!(kind));
-        if let Value::Object(fields) = fields {
-            line.extend(fields);
-        }
-        let mut text = Value::Object(line).to_string();
+    fn event(&self, event: Event) {
+        let line = EventLine {
+            ts: (unix_now() * 1000.0).round() / 1000.0,
+            event,
+        };
+        let mut text = match serde_json::to_string(&line) {
+            Ok(text) => text,
+            Err(e) => return warn!(error = %e, "encoding an {EVENTS_FILE} line"),
+        };
         text.push('\n');
         // One write per line on an append-mode file: lines never interleave, and each is on its
         // way to disk before the next record is handled.
         if let Err(e) = lock(&self.events).write_all(text.as_bytes()) {
-            warn!(error = %e, kind, "writing {EVENTS_FILE}");
+            warn!(error = %e, "writing {EVENTS_FILE}");
         }
     }
 }

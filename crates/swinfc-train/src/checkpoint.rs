@@ -13,12 +13,18 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use swinfc_metrics::record::SaveReason;
 use tracing::{info, warn};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "MANIFEST.json";
-/// The resolved run config, so a checkpoint alone describes its model and data.
+/// The resolved run config, so a checkpoint alone describes its model and data (also written at
+/// the top of the run directory).
 pub const CONFIG: &str = "config.yaml";
+/// The model's weights (PyTorch key layout).
+pub const MODEL: &str = "model.safetensors";
+/// The optimizer's momentum buffers.
+pub const OPTIMIZER: &str = "optimizer.safetensors";
 /// Class names in label order (JSON list), for `swinfc predict`.
 pub const CLASSES: &str = "classes.json";
 const STATE: &str = "state.json";
@@ -253,27 +259,6 @@ pub fn apply_retention(root: &Path, keep_last: usize, keep_best: bool) -> Result
         }
     }
     Ok(())
-}
-
-/// Why a checkpoint is saved (the `reason` of `swinfc_checkpoints_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaveReason {
-    /// `checkpoint.every_steps`.
-    Periodic,
-    /// The launcher asked to stop after this step (drain on a signal).
-    Preemption,
-    /// The last step of the run.
-    Final,
-}
-
-impl SaveReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SaveReason::Periodic => "periodic",
-            SaveReason::Preemption => "preemption",
-            SaveReason::Final => "final",
-        }
-    }
 }
 
 /// A checkpoint committed by the background writer.

@@ -9,10 +9,12 @@ use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 use swinfc_model::{ConfigError, LossConfig, ModelConfig};
 
+use crate::RunDir;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSection {
     pub name: String,
-    pub dir: PathBuf,
+    pub dir: RunDir,
     pub seed: u64,
 }
 
@@ -121,7 +123,7 @@ impl TrainConfig {
         let mut s = Section::new(root.get("run"), "run")?;
         let run = RunSection {
             name: s.required("name")?,
-            dir: s.required("dir")?,
+            dir: RunDir::new(s.required::<PathBuf>("dir")?),
             seed: s.get("seed", 0)?,
         };
         s.finish()?;

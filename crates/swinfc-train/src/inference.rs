@@ -15,7 +15,8 @@ use swinfc_data::{DataConfig, open_dataset};
 use swinfc_model::SwinFc;
 use swinfc_model::weights::{load_state_dict, read_state_dict};
 
-use crate::checkpoint::{CLASSES, CONFIG, latest_valid, verify};
+use crate::RunDir;
+use crate::checkpoint::{CLASSES, CONFIG, MODEL, latest_valid, verify};
 use crate::config::TrainConfig;
 use crate::trainer::{EvalResult, TrainError, evaluate};
 
@@ -26,7 +27,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
     if verify(path).is_ok() {
         return Ok(path.to_path_buf());
     }
-    [path.join("checkpoints"), path.to_path_buf()]
+    [RunDir::new(path).checkpoints(), path.to_path_buf()]
         .iter()
         .find_map(|root| latest_valid(root))
         .map(|(dir, _)| dir)
@@ -35,7 +36,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
 
 fn load_model(dir: &Path, cfg: &TrainConfig) -> Result<SwinFc<B>, TrainError> {
     let model = cfg.model.init::<B>(cfg.run.seed, &FlexDevice);
-    let (model, _) = load_state_dict(model, &read_state_dict(&dir.join("model.safetensors"))?)?;
+    let (model, _) = load_state_dict(model, &read_state_dict(&dir.join(MODEL))?)?;
     Ok(model)
 }
 

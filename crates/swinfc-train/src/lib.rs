@@ -9,12 +9,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod inference;
 pub mod optim;
+mod run_dir;
 pub mod step;
 pub mod sync;
 pub mod trainer;
 pub mod worker;
 
 pub use config::TrainConfig;
+pub use run_dir::RunDir;
 pub use step::{Losses, StepConfig, StepOutcome, Trainer};
 pub use trainer::{EvalResult, Resume, RunSummary, TrainError, train};
 pub use worker::{run_local, run_worker};

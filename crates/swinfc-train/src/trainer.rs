@@ -13,7 +13,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::ExecutionError;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
-use swinfc_comm::{Collective, CommError, ControlClient, ServerCommand};
+pub use swinfc_comm::Resume;
+use swinfc_comm::{Collective, CommError, ControlClient, Phase, ServerCommand};
 use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, TrainStream, eval_shard, open_dataset,
 };
@@ -27,8 +28,8 @@ use swinfc_model::{ConfigError, SwinFc, TrainBackend};
 use tracing::{info, warn};
 
 use crate::checkpoint::{
-    CLASSES, CONFIG, CheckpointData, CheckpointError, CheckpointWriter, Disk, SaveReason, SaveResult,
-    TrainState, latest_valid, verify,
+    CLASSES, CONFIG, CheckpointData, CheckpointError, CheckpointWriter, Disk, MODEL, OPTIMIZER, SaveReason,
+    SaveResult, TrainState, latest_valid, verify,
 };
 use crate::config::TrainConfig;
 use crate::optim::{FlatLayout, Sgd, compute_copy};
@@ -61,17 +62,6 @@ pub enum TrainError {
     Aborted,
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-}
-
-/// Where a run starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resume {
-    /// Fresh, even if checkpoints exist.
-    None,
-    /// The newest checkpoint of the run directory that verifies; fresh if there is none.
-    Auto,
-    /// That checkpoint directory (an error if it does not verify).
-    Path(PathBuf),
 }
 
 /// How a run ended.
@@ -115,7 +105,7 @@ pub fn train<B: TrainBackend>(
     let writer = (rank == 0).then(|| {
         let c = &cfg.checkpoint;
         CheckpointWriter::new(
-            cfg.run.dir.join("checkpoints"),
+            cfg.run.dir.checkpoints(),
             c.keep_last,
             c.keep_best,
             Box::new(Disk),
@@ -169,7 +159,7 @@ pub fn train<B: TrainBackend>(
     }
     drop(loader);
     if let Some(control) = control.as_deref_mut() {
-        control.heartbeat(step, "finishing")?;
+        control.heartbeat(step, Phase::Finishing)?;
     }
     if let Some(writer) = writer {
         report_saves(writer.flush(), control)?;
@@ -273,7 +263,7 @@ fn poll_launcher(
             Some(ServerCommand::Abort) => return Err(TrainError::Aborted),
             None => {}
         }
-        control.heartbeat(step, "train")?;
+        control.heartbeat(step, Phase::Train)?;
     }
     Ok(stop_after.is_some_and(|k| step + 1 >= k))
 }
@@ -294,7 +284,7 @@ fn maybe_evaluate<B: TrainBackend>(
         return Ok(None);
     }
     if let Some(control) = control.as_deref_mut() {
-        control.heartbeat(step, "eval")?;
+        control.heartbeat(step, Phase::Eval)?;
     }
     let copy = compute_copy(trainer.model(), cfg.train.precision);
     let model = copy.as_ref().unwrap_or(trainer.model());
@@ -371,8 +361,9 @@ fn maybe_save<B: TrainBackend>(
 
 fn write_resolved_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     let io = |path: PathBuf| move |source| TrainError::Io { path, source };
-    std::fs::create_dir_all(&cfg.run.dir).map_err(io(cfg.run.dir.clone()))?;
-    let path = cfg.run.dir.join("config.yaml");
+    let root = cfg.run.dir.root();
+    std::fs::create_dir_all(root).map_err(io(root.to_path_buf()))?;
+    let path = cfg.run.dir.config();
     std::fs::write(&path, cfg.resolved_yaml()).map_err(io(path))
 }
 
@@ -386,7 +377,7 @@ fn agree_on_start(
     if comm.rank() == 0 {
         let found = match resume {
             Resume::None => None,
-            Resume::Auto => latest_valid(&cfg.run.dir.join("checkpoints")),
+            Resume::Auto => latest_valid(&cfg.run.dir.checkpoints()),
             Resume::Path(dir) => Some((dir.clone(), verify(dir)?)),
         };
         if let Some((dir, state)) = &found {
@@ -431,10 +422,7 @@ fn build_replicas<B: TrainBackend>(
     if comm.rank() == 0 {
         let read = |path: PathBuf| std::fs::read(&path).map_err(|source| TrainError::Io { path, source });
         (model_bytes, optim_bytes) = match start {
-            Some((dir, _)) => (
-                read(dir.join("model.safetensors"))?,
-                read(dir.join("optimizer.safetensors"))?,
-            ),
+            Some((dir, _)) => (read(dir.join(MODEL))?, read(dir.join(OPTIMIZER))?),
             None => {
                 let model = match &cfg.train.pretrained {
                     Some(path) => {
@@ -482,8 +470,8 @@ fn checkpoint_data<B: TrainBackend>(
     CheckpointData {
         state,
         files: vec![
-            ("model.safetensors".into(), to_bytes(&state_dict(model))),
-            ("optimizer.safetensors".into(), to_bytes(&sgd.state_dict(model))),
+            (MODEL.into(), to_bytes(&state_dict(model))),
+            (OPTIMIZER.into(), to_bytes(&sgd.state_dict(model))),
             (CONFIG.into(), cfg.resolved_yaml().into_bytes()),
             (
                 CLASSES.into(),
@@ -502,7 +490,7 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
                 Record::Checkpoint(CheckpointRecord {
                     ok: true,
                     step: saved.state.step,
-                    reason: saved.reason.as_str().into(),
+                    reason: saved.reason,
                     bytes: saved.bytes,
                     blocking_seconds: saved.blocking_seconds,
                     write_seconds: saved.write_seconds,
@@ -516,7 +504,7 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
                 Record::Checkpoint(CheckpointRecord {
                     ok: false,
                     step: failed.step,
-                    reason: failed.reason.as_str().into(),
+                    reason: failed.reason,
                     bytes: 0,
                     blocking_seconds: failed.blocking_seconds,
                     write_seconds: 0.0,

@@ -102,16 +102,3 @@ pub(crate) fn cuda_device(precision: Precision) -> Result<burn::backend::cuda::C
     }
     Ok(device)
 }
-
-impl std::str::FromStr for Resume {
-    type Err = String;
-
-    /// `auto`, `none` or a checkpoint directory.
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => Resume::Auto,
-            "none" => Resume::None,
-            path => Resume::Path(path.into()),
-        })
-    }
-}
