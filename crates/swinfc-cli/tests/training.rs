@@ -262,3 +262,83 @@ fn eval_and_predict_work_on_a_checkpoint() {
     assert!(probs.windows(2).all(|w| w[0] >= w[1]), "sorted: {stdout}");
     assert!((probs.iter().sum::<f64>() - 100.0).abs() < 0.1, "{stdout}");
 }
+
+/// A CUB_200_2011 layout under `root` with 2 classes of 3 train and 1 test BMPs each; the train
+/// images listed in `unreadable` (indices 0..6) are empty files.
+fn cub_with_unreadable(root: &Path, unreadable: &[usize]) {
+    let d = root.join("CUB_200_2011");
+    let (mut images, mut labels, mut split) = (String::new(), String::new(), String::new());
+    for id in 1..=8usize {
+        let class = 1 + (id - 1) / 4; // ids 1-4: class 1, 5-8: class 2
+        let is_train = (id - 1) % 4 < 3;
+        let name = format!("00{class}.Bird_{class}/bird_{id}.bmp");
+        let path = d.join("images").join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let train_index = (class - 1) * 3 + (id - 1) % 4;
+        if is_train && unreadable.contains(&train_index) {
+            std::fs::write(&path, b"").unwrap();
+        } else {
+            let shade = (40 * id) as u8;
+            write_bmp(&path, 40, [shade, 255 - shade, 60 * class as u8]);
+        }
+        images += &format!("{id} {name}\n");
+        labels += &format!("{id} {class}\n");
+        split += &format!("{id} {}\n", u8::from(is_train));
+    }
+    std::fs::write(d.join("images.txt"), images).unwrap();
+    std::fs::write(d.join("image_class_labels.txt"), labels).unwrap();
+    std::fs::write(d.join("train_test_split.txt"), split).unwrap();
+    std::fs::write(d.join("classes.txt"), "1 001.Bird_1\n2 002.Bird_2\n").unwrap();
+}
+
+/// Train 4 steps of micro-batch 1 (global batch 2) on the CUB layout above.
+fn train_cub(dir: &Path, unreadable: &[usize]) -> Output {
+    cub_with_unreadable(&dir.join("cub"), unreadable);
+    let data = format!(
+        "data={{dataset: cub, root: {}, resize: 36, crop: 32, num_threads: 1}}",
+        dir.join("cub").display()
+    );
+    swinfc(&[
+        "train",
+        config(dir).to_str().unwrap(),
+        "--set",
+        &data,
+        "--set",
+        "model.num_classes=2",
+        "--set",
+        "train.global_batch=2",
+        "--set",
+        "train.micro_batch=1",
+        "--set",
+        "train.total_steps=4",
+        "--set",
+        "eval.every_steps=4",
+        "--set",
+        "checkpoint.every_steps=4",
+    ])
+}
+
+/// An unreadable train image empties its micro-batch of 1: the step goes on without it (it used to
+/// reach the model as an empty batch and kill the worker with SIGSEGV).
+#[test]
+fn an_unreadable_image_in_a_micro_batch_of_one_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train_cub(dir.path(), &[1, 4]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("skipping undecodable train image"), "{stderr}");
+    assert!(model_bytes(dir.path(), 4).len() > 1000);
+}
+
+/// With no readable train image the run would learn nothing: a clear error before training, exit 1.
+#[test]
+fn a_dataset_with_no_readable_train_image_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train_cub(dir.path(), &[0, 1, 2, 3, 4, 5]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("none of the 6 train images sampled before training could be read"),
+        "{stderr}"
+    );
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::DataError;
 use crate::config::DataConfig;
-use crate::dataset::{Split, open_dataset};
+use crate::dataset::{Dataset, Split, open_dataset};
 use crate::decode::load;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,4 +83,27 @@ pub fn check(cfg: &DataConfig, progress: &(dyn Fn(usize, usize) + Sync)) -> Resu
         classes: ds.classes,
         unreadable,
     })
+}
+
+/// Train images the pre-training probe decodes.
+pub const PROBE_TRAIN_IMAGES: usize = 64;
+
+/// Decodes up to `max` train images spread evenly over the split, in split order, and returns how
+/// many it tried and which could not be read. Training skips unreadable images; a run where none
+/// of these is readable would train on nothing and is better stopped before it starts.
+pub fn probe_train(ds: &Dataset, max: usize) -> (usize, Vec<Unreadable>) {
+    let train = ds.split(Split::Train);
+    let stride = train.len().div_ceil(max.max(1)).max(1);
+    let sampled: Vec<_> = train.iter().step_by(stride).collect();
+    let unreadable = sampled
+        .iter()
+        .filter_map(|sample| {
+            load(sample).err().map(|e| Unreadable {
+                split: Split::Train,
+                path: sample.display_path(),
+                reason: e.to_string(),
+            })
+        })
+        .collect();
+    (sampled.len(), unreadable)
 }

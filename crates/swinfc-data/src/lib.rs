@@ -24,7 +24,7 @@ mod text;
 pub mod webfg;
 
 pub use augment::{IMAGENET_MEAN, IMAGENET_STD};
-pub use check::{CheckReport, Unreadable, check};
+pub use check::{CheckReport, PROBE_TRAIN_IMAGES, Unreadable, check, probe_train};
 pub use config::{DataConfig, DatasetKind, SyntheticConfig, WebfgSubset};
 pub use dataset::{Dataset, Sample, Source, Split, open_dataset};
 pub use error::DataError;

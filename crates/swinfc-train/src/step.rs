@@ -45,6 +45,8 @@ const LOSS_SLOTS: usize = 6;
 /// step's own all-reduce makes every rank stop after the same step, however late each one read
 /// the request.
 const STOP_SLOT: usize = 1;
+/// And this rank's sample count, so that every rank learns when the whole global batch was empty.
+const SAMPLES_SLOT: usize = 1;
 
 /// What a step needs to know beyond the model and the optimizer state.
 #[derive(Debug, Clone)]
@@ -267,6 +269,12 @@ impl<B: TrainBackend> Trainer<B> {
             let batch = micro_batches.next().ok_or(TrainError::DataRanOut { step })??;
             time.data_wait += t.elapsed();
             samples += batch.labels.len();
+            // Every image of this micro-batch was skipped as unreadable: it adds a zero gradient
+            // and zero losses (its samples weigh nothing), which keeps N workers ≡ grad_accum,
+            // and the model never sees an empty batch.
+            if batch.labels.is_empty() {
+                continue;
+            }
             let (images, labels) = upload::<B>(batch, &self.device);
             self.fence()?;
 
@@ -283,7 +291,8 @@ impl<B: TrainBackend> Trainer<B> {
             self.fence()?;
             time.backward += t.elapsed();
         }
-        let (grad_sum, loss_sum) = grad_sum.zip(loss_sum).expect("grad_accum ≥ 1");
+        let grad_sum = grad_sum.unwrap_or_else(|| Tensor::zeros([self.sgd.layout().len], &self.device));
+        let loss_sum = loss_sum.unwrap_or_else(|| Tensor::zeros([LOSS_SLOTS], &self.device));
 
         // All-reduce the gradients, losses and stop votes together, average over the global
         // batch's micro-batches, clip.
@@ -292,6 +301,7 @@ impl<B: TrainBackend> Trainer<B> {
             .into_data()
             .to_vec::<f32>()
             .expect("the loss terms are cast to f32");
+        extra.push(samples as f32);
         extra.push(f32::from(stop_vote));
         let t_allreduce = Instant::now();
         let clip = self.config.train.grad_clip;
@@ -302,6 +312,7 @@ impl<B: TrainBackend> Trainer<B> {
         let mut means = synced.extra;
         // Averaged like the losses: any rank's vote leaves it above 0.
         let stopping = means.pop().is_some_and(|votes| votes > 0.0);
+        let global_samples = means.pop().map_or(0.0, |mean| mean * (world * accum) as f32);
         let losses = Losses::from_terms(
             means
                 .try_into()
@@ -310,7 +321,8 @@ impl<B: TrainBackend> Trainer<B> {
         self.fence()?;
         time.grad_sync = t.elapsed();
 
-        // Step; a non-finite norm or loss skips the step on every rank.
+        // Step; an empty global batch (every image skipped as unreadable: nothing to learn from) or
+        // a non-finite norm or loss skips the step on every rank.
         let t = Instant::now();
         let train = &self.config.train;
         let lr = LearningRates {
@@ -318,8 +330,14 @@ impl<B: TrainBackend> Trainer<B> {
             new: learning_rate(step, train.lr_new, train.warmup_steps, train.total_steps),
         };
         let norm = synced.norm;
-        let applied = norm.is_finite() && losses.all_finite();
-        if applied {
+        let empty = global_samples.round() == 0.0;
+        let applied = !empty && norm.is_finite() && losses.all_finite();
+        if empty {
+            warn!(
+                rank,
+                step, "no readable train image in the global batch: step skipped"
+            );
+        } else if applied {
             self.nonfinite_streak = 0;
             let settings = StepSettings {
                 lr_backbone: lr.backbone,
@@ -351,7 +369,7 @@ impl<B: TrainBackend> Trainer<B> {
             seconds,
             phases: time.phases(seconds),
             allreduce_seconds,
-            allreduce_bytes: ((self.sgd.layout().len + LOSS_SLOTS + STOP_SLOT) * 4) as u64,
+            allreduce_bytes: ((self.sgd.layout().len + LOSS_SLOTS + SAMPLES_SLOT + STOP_SLOT) * 4) as u64,
         })
     }
 

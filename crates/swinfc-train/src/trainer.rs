@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 pub use swinfc_comm::Resume;
 use swinfc_comm::{Collective, CommError, ControlClient, Phase, ServerCommand};
 use swinfc_data::{
-    BatchRequest, DataConfig, DataError, Dataset, Loader, TrainStream, eval_shard, open_dataset,
+    BatchRequest, DataConfig, DataError, Dataset, Loader, PROBE_TRAIN_IMAGES, TrainStream, eval_shard,
+    open_dataset, probe_train,
 };
 pub use swinfc_metrics::record::EvalResult;
 use swinfc_metrics::record::{CheckpointRecord, EvalRecord, Record, StepRecord};
@@ -56,6 +57,15 @@ pub enum TrainError {
     NonFinite(u32),
     #[error("the training data ran out during step {step}")]
     DataRanOut { step: u64 },
+    #[error(
+        "none of the {tried} train images sampled before training could be read (first: {path}: \
+         {reason}); `swinfc data check CONFIG` lists every unreadable image of the dataset"
+    )]
+    NoReadableImages {
+        tried: usize,
+        path: String,
+        reason: String,
+    },
     #[error("device: {0}")]
     Device(#[from] ExecutionError),
     #[error("aborted by the launcher")]
@@ -89,6 +99,14 @@ pub fn train<B: TrainBackend>(
     let accum = cfg.grad_accum(world)?;
     let data_cfg = DataConfig::from_yaml(&cfg.data)?;
     let dataset = Arc::new(open_dataset(&data_cfg)?);
+    let (tried, unreadable) = probe_train(&dataset, PROBE_TRAIN_IMAGES);
+    if let Some(first) = unreadable.first().filter(|_| unreadable.len() == tried) {
+        return Err(TrainError::NoReadableImages {
+            tried,
+            path: first.path.clone(),
+            reason: first.reason.clone(),
+        });
+    }
     if rank == 0 {
         write_resolved_config(cfg)?;
     }
