@@ -342,3 +342,26 @@ fn a_dataset_with_no_readable_train_image_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Checkpoints that cannot be written (here `checkpoints` is a file, so no directory can be made
+/// in it, even by root): the periodic save is retried and reported, training goes on, and the
+/// final save's failure fails the run with the reason instead of a "finished" exit 0.
+#[test]
+fn a_final_checkpoint_that_cannot_be_written_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    std::fs::write(dir.path().join("run/checkpoints"), b"in the way").unwrap();
+    let out = swinfc(&["train", cfg.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("checkpoint write failed; retrying"), "{stderr}");
+    assert!(
+        stderr.contains("checkpoint failed; the previous one is intact"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the final checkpoint of step 6 could not be written"),
+        "{stderr}"
+    );
+}

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -296,6 +296,28 @@ struct Job {
     blocking_seconds: f64,
 }
 
+/// Attempts per save: a transient failure (a network file system's hiccup, a disk being cleaned)
+/// gets two more chances before the save counts as failed.
+const SAVE_ATTEMPTS: u32 = 3;
+/// Wait before the first retry, doubled before the next.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+fn write_with_retries(
+    mut write: impl FnMut() -> Result<PathBuf, CheckpointError>,
+) -> Result<PathBuf, CheckpointError> {
+    let (mut attempt, mut delay) = (1, RETRY_DELAY);
+    loop {
+        match write() {
+            Err(error) if attempt < SAVE_ATTEMPTS => {
+                warn!(attempt, %error, "checkpoint write failed; retrying");
+                std::thread::sleep(delay);
+                (attempt, delay) = (attempt + 1, delay * 2);
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Writes checkpoints on a background thread so training only waits for the copy to host memory.
 pub struct CheckpointWriter {
     jobs: Option<mpsc::Sender<Job>>,
@@ -313,23 +335,25 @@ impl CheckpointWriter {
                 for job in rx {
                     let write_start = Instant::now();
                     let bytes: u64 = job.data.files.iter().map(|(_, b)| b.len() as u64).sum();
-                    let result = write_checkpoint(&root, &job.data, storage.as_ref())
-                        .and_then(|dir| apply_retention(&root, keep_last, keep_best).map(|_| dir))
-                        .map(|dir| Saved {
-                            dir,
-                            state: job.data.state.clone(),
-                            bytes,
-                            reason: job.reason,
-                            blocking_seconds: job.blocking_seconds,
-                            write_seconds: write_start.elapsed().as_secs_f64(),
-                            total_seconds: job.started.elapsed().as_secs_f64(),
-                        })
-                        .map_err(|error| SaveFailure {
-                            step: job.data.state.step,
-                            reason: job.reason,
-                            blocking_seconds: job.blocking_seconds,
-                            error,
-                        });
+                    let result = write_with_retries(|| {
+                        write_checkpoint(&root, &job.data, storage.as_ref())
+                            .and_then(|dir| apply_retention(&root, keep_last, keep_best).map(|_| dir))
+                    })
+                    .map(|dir| Saved {
+                        dir,
+                        state: job.data.state.clone(),
+                        bytes,
+                        reason: job.reason,
+                        blocking_seconds: job.blocking_seconds,
+                        write_seconds: write_start.elapsed().as_secs_f64(),
+                        total_seconds: job.started.elapsed().as_secs_f64(),
+                    })
+                    .map_err(|error| SaveFailure {
+                        step: job.data.state.step,
+                        reason: job.reason,
+                        blocking_seconds: job.blocking_seconds,
+                        error,
+                    });
                     if tx.send(result).is_err() {
                         break;
                     }

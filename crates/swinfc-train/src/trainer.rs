@@ -68,6 +68,16 @@ pub enum TrainError {
     },
     #[error("device: {0}")]
     Device(#[from] ExecutionError),
+    #[error(
+        "the {reason} checkpoint of step {step} could not be written: {error}; earlier checkpoints \
+         are intact, the steps after them are not saved: free space or fix the directory, then \
+         resume"
+    )]
+    LastSaveFailed {
+        step: u64,
+        reason: &'static str,
+        error: CheckpointError,
+    },
     #[error("aborted by the launcher")]
     Aborted,
     #[error("{}: {source}", path.display())]
@@ -499,13 +509,16 @@ fn checkpoint_data<B: TrainBackend>(
     }
 }
 
-/// Rank 0's finished saves, logged and reported.
+/// Rank 0's finished saves, logged and reported. A failed periodic save keeps the previous
+/// checkpoints and training goes on, saying so (the launcher counts it in
+/// `swinfc_checkpoints_total{result="failure"}`); a failed last save of a run (its end, or a drain)
+/// has no later save to make up for it, and fails the run once reported.
 fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient>) -> Result<(), TrainError> {
     for result in results {
-        let record = match result {
+        let (record, fatal) = match result {
             Ok(saved) => {
                 info!(step = saved.state.step, dir = %saved.dir.display(), bytes = saved.bytes, "checkpoint saved");
-                Record::Checkpoint(CheckpointRecord {
+                let record = CheckpointRecord {
                     ok: true,
                     step: saved.state.step,
                     reason: saved.reason,
@@ -514,12 +527,12 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
                     write_seconds: saved.write_seconds,
                     total_seconds: saved.total_seconds,
                     error: None,
-                })
+                };
+                (record, None)
             }
-            // A failed save keeps the previous checkpoints; training goes on and says so.
             Err(failed) => {
                 warn!(error = %failed.error, "checkpoint failed; the previous one is intact");
-                Record::Checkpoint(CheckpointRecord {
+                let record = CheckpointRecord {
                     ok: false,
                     step: failed.step,
                     reason: failed.reason,
@@ -528,11 +541,20 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
                     write_seconds: 0.0,
                     total_seconds: 0.0,
                     error: Some(failed.error.to_string()),
-                })
+                };
+                let fatal = (failed.reason != SaveReason::Periodic).then(|| TrainError::LastSaveFailed {
+                    step: failed.step,
+                    reason: failed.reason.label(),
+                    error: failed.error,
+                });
+                (record, fatal)
             }
         };
         if let Some(control) = control.as_deref_mut() {
-            report(control, record)?;
+            report(control, Record::Checkpoint(record))?;
+        }
+        if let Some(error) = fatal {
+            return Err(error);
         }
     }
     Ok(())
