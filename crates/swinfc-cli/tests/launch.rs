@@ -228,13 +228,17 @@ fn the_demo_config_reaches_80_percent_on_two_cpu_workers() {
 #[test]
 fn the_console_shows_aligned_steps_and_a_summary_and_a_rerun_says_the_run_is_complete() {
     let run = Run::new();
-    let out = run
-        .command(&["--cpu", "2"])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let launch = || {
+        let out = run
+            .command(&["--cpu", "2"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        log
+    };
+    let log = launch();
     let steps: Vec<&str> = log.lines().filter(|l| l.starts_with("step ")).collect();
     assert_eq!(
         steps.len(),
@@ -269,13 +273,7 @@ fn the_console_shows_aligned_steps_and_a_summary_and_a_rerun_says_the_run_is_com
         assert!(log.contains(&want), "want `{want}` in the summary:\n{log}");
     }
 
-    let out = run
-        .command(&["--cpu", "2"])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let log = launch();
     let complete = format!("{} is complete: all 24 steps are done", dir.display());
     assert!(log.contains(&complete), "{log}");
     assert!(log.contains("--resume none"), "{log}");
@@ -303,6 +301,28 @@ fn a_user_error_ends_with_what_to_do() {
         assert!(
             last.starts_with(hint),
             "{args:?}: the last line is `{last}`:\n{log}"
+        );
+    }
+}
+
+/// `--dry-run` validates the whole config: a wrong key and a wrong type in each section are
+/// errors naming the key, before any worker would start.
+#[test]
+fn dry_run_rejects_a_wrong_key_or_type_in_every_section() {
+    let run = Run::new();
+    for (set, key) in [
+        ("model.colour=1", "model.colour"),
+        ("model.embed_dim=wide", "model.embed_dim"),
+        ("data.colour=1", "data.colour"),
+        ("data.crop=wide", "data.crop"),
+        ("train.colour=1", "train.colour"),
+        ("train.lr_new=fast", "train.lr_new"),
+    ] {
+        let (status, log) = run.launch(&["--cpu", "2", "--dry-run", "--set", set]);
+        assert_eq!(status.code(), Some(1), "{set}: {log}");
+        assert!(
+            log.contains(&format!("swinfc-launch: {key}")),
+            "{set}: want `{key}` in\n{log}"
         );
     }
 }

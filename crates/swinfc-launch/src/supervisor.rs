@@ -504,17 +504,11 @@ impl Supervisor<'_> {
 
 fn run_info(plan: &Plan) -> RunInfo {
     let m = &plan.cfg.model;
-    let dataset = plan
-        .cfg
-        .data
-        .get("dataset")
-        .and_then(|d| d.as_str())
-        .unwrap_or("unknown");
     RunInfo {
         run_id: plan.run_id.clone(),
         experiment: plan.experiment.clone(),
         model: format!("swinfc-e{}-{}px", m.embed_dim, m.img_size),
-        dataset: dataset.to_string(),
+        dataset: plan.cfg.data.dataset.name().to_string(),
         world_size: plan.world_size(),
         target_steps: plan.cfg.train.total_steps,
         log_every: plan.cfg.metrics.log_every,

@@ -87,7 +87,7 @@ pub fn train<B: TrainBackend>(
 ) -> Result<RunSummary, TrainError> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let accum = cfg.grad_accum(world)?;
-    let data_cfg = DataConfig::from_yaml(&cfg.data)?;
+    let data_cfg = cfg.data.clone();
     let dataset = Arc::new(open_dataset(&data_cfg)?);
     if rank == 0 {
         write_resolved_config(cfg)?;
