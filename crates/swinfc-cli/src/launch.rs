@@ -82,10 +82,18 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("swinfc-launch: {e:#}");
-            let usage = e
-                .downcast_ref::<swinfc_launch::LaunchError>()
-                .is_some_and(|e| e.is_usage());
-            ExitCode::from(if usage { 2 } else { 1 })
+            let launch_error = e.downcast_ref::<swinfc_launch::LaunchError>();
+            // The errors that are not the launcher's own come from finding the worker binary.
+            let hint = launch_error.map_or(
+                "build both binaries (cargo build --release) or set SWINFC_WORKER_BIN",
+                |e| e.hint(),
+            );
+            eprintln!("{hint}");
+            ExitCode::from(if launch_error.is_some_and(|e| e.is_usage()) {
+                2
+            } else {
+                1
+            })
         }
     }
 }
@@ -120,10 +128,11 @@ fn run() -> Result<ExitCode> {
         step_timeout: cli.step_timeout,
         metrics_linger: cli.metrics_linger,
         threads_per_worker: cli.threads_per_worker.map(|t| t as usize),
+        rank0_detail: std::env::var_os("RUST_LOG").is_some(),
         slurm_requeue_id: slurm.requeue_id,
     };
     Ok(match launch(opts)? {
-        Outcome::Finished | Outcome::DryRun => ExitCode::SUCCESS,
+        Outcome::Finished | Outcome::DryRun | Outcome::AlreadyComplete => ExitCode::SUCCESS,
         Outcome::Preempted => ExitCode::from(cli.preempt_exit_code),
     })
 }

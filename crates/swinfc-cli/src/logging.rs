@@ -1,13 +1,19 @@
 //! The log format both binaries share: one line per event on stderr, `RUST_LOG` filtering
-//! (default `info`), colour only on a terminal so that captured logs stay plain text (the
-//! launcher reads its workers' levels from their lines).
+//! (default `info`). Captured output (a worker's, which the launcher reads levels from, or any
+//! redirected log) and `RUST_LOG` runs get the full format with timestamp and module; a person at
+//! a terminal gets the level and the message, in colour.
 
 pub fn init() {
-    tracing_subscriber::fmt()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env();
+    let full = filter.is_ok() || !terminal;
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+        .with_ansi(terminal)
+        .with_env_filter(filter.unwrap_or_else(|_| "info".into()));
+    if full {
+        builder.init();
+    } else {
+        builder.without_time().with_target(false).init();
+    }
 }

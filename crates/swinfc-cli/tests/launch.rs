@@ -211,13 +211,120 @@ fn the_demo_config_reaches_80_percent_on_two_cpu_workers() {
     assert!(out.status.success(), "{log}");
     let top1: f64 = log
         .lines()
-        .filter(|l| l.contains(" eval ") && l.contains("step=40"))
         .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("top1=")?.parse().ok())
+            l.strip_prefix("eval 40/40  top1")?
+                .split('%')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
         })
         .unwrap_or_else(|| panic!("no eval at step 40 in\n{log}"));
-    assert!(top1 >= 0.8, "combined top-1 {top1}");
+    assert!(top1 >= 80.0, "combined top-1 {top1}%");
+}
+
+/// What a person reads (no `RUST_LOG`): aligned step lines, eval and save lines, a summary with
+/// the run's files; run again, the finished run says so instead of starting workers.
+#[test]
+fn the_console_shows_aligned_steps_and_a_summary_and_a_rerun_says_the_run_is_complete() {
+    let run = Run::new();
+    let launch = || {
+        let out = run
+            .command(&["--cpu", "2"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        log
+    };
+    let log = launch();
+    let steps: Vec<&str> = log.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(
+        steps.len(),
+        6,
+        "a step line every metrics.log_every (4) of 24 steps:\n{log}"
+    );
+    assert!(steps[0].starts_with("step  4/24  loss "), "{log}");
+    for field in ["loss", "grad_norm", "lr", "img/s"] {
+        let columns: Vec<_> = steps.iter().map(|l| l.find(field)).collect();
+        assert!(
+            columns[0].is_some() && columns.iter().all(|c| *c == columns[0]),
+            "{field}:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("grad_norm="),
+        "rank 0's log lines stay in its log file:\n{log}"
+    );
+    assert!(log.lines().any(|l| l.starts_with("eval 12/24  top1 ")), "{log}");
+    let save = format!("save 24/24  {}", run.checkpoint(24).display());
+    assert!(log.lines().any(|l| l == save), "{log}");
+
+    let dir = run.run_dir();
+    for want in [
+        "finished: step 24/24 (24 steps in ".to_string(),
+        "  combined ".to_string(),
+        format!("checkpoint  {}", run.checkpoint(24).display()),
+        format!("events      {}", dir.join("events.jsonl").display()),
+        format!("eval --checkpoint {}", dir.display()),
+        format!("plot {} -o ", dir.display()),
+    ] {
+        assert!(log.contains(&want), "want `{want}` in the summary:\n{log}");
+    }
+
+    let log = launch();
+    let complete = format!("{} is complete: all 24 steps are done", dir.display());
+    assert!(log.contains(&complete), "{log}");
+    assert!(log.contains("--resume none"), "{log}");
+    assert!(
+        !dir.join("logs/attempt-2").exists(),
+        "no workers were started:\n{log}"
+    );
+}
+
+/// Errors a user causes end with a line that says what to do.
+#[test]
+fn a_user_error_ends_with_what_to_do() {
+    let run = Run::new();
+    for (args, code, hint) in [
+        (&["--cpu", "0"][..], 2, "fix the command line"),
+        (
+            &["--cpu", "2", "--set", "train.bogus=1"][..],
+            1,
+            "fix that key in the config",
+        ),
+    ] {
+        let (status, log) = run.launch(args);
+        assert_eq!(status.code(), Some(code), "{args:?}: {log}");
+        let last = log.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(hint),
+            "{args:?}: the last line is `{last}`:\n{log}"
+        );
+    }
+}
+
+/// `--dry-run` validates the whole config: a wrong key and a wrong type in each section are
+/// errors naming the key, before any worker would start.
+#[test]
+fn dry_run_rejects_a_wrong_key_or_type_in_every_section() {
+    let run = Run::new();
+    for (set, key) in [
+        ("model.colour=1", "model.colour"),
+        ("model.embed_dim=wide", "model.embed_dim"),
+        ("data.colour=1", "data.colour"),
+        ("data.crop=wide", "data.crop"),
+        ("train.colour=1", "train.colour"),
+        ("train.lr_new=fast", "train.lr_new"),
+    ] {
+        let (status, log) = run.launch(&["--cpu", "2", "--dry-run", "--set", set]);
+        assert_eq!(status.code(), Some(1), "{set}: {log}");
+        assert!(
+            log.contains(&format!("swinfc-launch: {key}")),
+            "{set}: want `{key}` in\n{log}"
+        );
+    }
 }
 
 #[test]

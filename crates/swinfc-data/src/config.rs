@@ -22,6 +22,25 @@ pub enum WebfgSubset {
     WebAircraft,
 }
 
+impl DatasetKind {
+    pub const ALL: [DatasetKind; 4] = [
+        DatasetKind::Cub,
+        DatasetKind::Nabirds,
+        DatasetKind::Webfg,
+        DatasetKind::Synthetic,
+    ];
+
+    /// The `data.dataset` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Cub => "cub",
+            DatasetKind::Nabirds => "nabirds",
+            DatasetKind::Webfg => "webfg",
+            DatasetKind::Synthetic => "synthetic",
+        }
+    }
+}
+
 impl WebfgSubset {
     /// The folder name the tarball extracts to.
     pub fn dir_name(self) -> &'static str {
@@ -103,18 +122,15 @@ impl DataConfig {
 
         let dataset = match get("dataset") {
             None => return Err(DataError::config("data.dataset", "missing")),
-            Some(v) => match v.as_str() {
-                Some("cub") => DatasetKind::Cub,
-                Some("nabirds") => DatasetKind::Nabirds,
-                Some("webfg") => DatasetKind::Webfg,
-                Some("synthetic") => DatasetKind::Synthetic,
-                _ => {
-                    return Err(DataError::config(
+            Some(v) => DatasetKind::ALL
+                .into_iter()
+                .find(|k| v.as_str() == Some(k.name()))
+                .ok_or_else(|| {
+                    DataError::config(
                         "data.dataset",
                         format!("expected cub, nabirds, webfg or synthetic, got {}", show(v)),
-                    ));
-                }
-            },
+                    )
+                })?,
         };
 
         let root = match get("root") {

@@ -32,6 +32,32 @@ impl LaunchError {
         move |source| LaunchError::Os { what, source }
     }
 
+    /// The one line that tells the user what to do about this error.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            LaunchError::Usage(_) => "fix the command line (swinfc-launch --help lists the options)",
+            LaunchError::Config(_) => {
+                "fix that key in the config or its --set; swinfc-launch --dry-run CONFIG checks a config \
+                 without starting workers"
+            }
+            LaunchError::Comm(_) => {
+                "check that node 0 is reachable at --master-addr/--master-port and that every node has \
+                 the same job token, then run the same command again"
+            }
+            LaunchError::Io { .. } => {
+                "check that the path exists and is writable (run.dir in the config), then run the same \
+                 command again"
+            }
+            LaunchError::Os { .. } => {
+                "check the process limits and permissions of this node, then run the same command again"
+            }
+            LaunchError::Failed(_) => {
+                "the per-rank logs in run.dir/logs/attempt-N/ say why; once fixed, the same command \
+                 resumes from the newest checkpoint"
+            }
+        }
+    }
+
     /// Whether this error is the user's command line (exit 2) rather than a failed run (exit 1).
     pub fn is_usage(&self) -> bool {
         matches!(self, LaunchError::Usage(_))

@@ -21,6 +21,8 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
     let console = Arc::new(Console::new(
         plan.cfg.train.total_steps,
         plan.cfg.train.global_batch,
+        plan.cfg.metrics.log_every,
+        opts.rank0_detail,
     ));
     let mut group: Option<Group> = None;
     let result = loop {

@@ -4,7 +4,8 @@
 //! them (exit codes, heartbeats with phase-aware timeouts), restart rounds from the latest valid
 //! checkpoint, preemption signals (drain, save, exit 143, Slurm requeue), multi-node coordination
 //! (node 0 hosts the control server; the other nodes' launchers follow it over a token-checked
-//! link), the console (progress bar, rank-prefixed log lines), per-rank log files, and feeding
+//! link), the console (progress bar, step, eval and checkpoint lines, rank-prefixed warnings, the
+//! end-of-run summary), per-rank log files, and feeding
 //! the workers' reports and its own events to the run's telemetry (swinfc-metrics serves them).
 //!
 //! Must not: hold tensors or run training code. Workers are separate `swinfc worker` processes;
@@ -20,6 +21,7 @@ mod options;
 mod plan;
 mod requeue;
 mod signals;
+mod summary;
 mod supervisor;
 mod workers;
 
@@ -29,6 +31,7 @@ pub use options::{Devices, LaunchOptions, slurm_defaults};
 pub use plan::Plan;
 pub use signals::install_worker_policy as install_worker_signal_policy;
 
+use swinfc_train::Resume;
 use tracing::info;
 
 /// How a launch ended; the binary maps it to an exit code (operations.md).
@@ -40,6 +43,8 @@ pub enum Outcome {
     Preempted,
     /// `--dry-run`: printed the plan.
     DryRun,
+    /// The run's newest checkpoint already is at `train.total_steps`: nothing was started.
+    AlreadyComplete,
 }
 
 /// Runs a launch to its end. Errors are permanent failures (exit 1).
@@ -48,6 +53,14 @@ pub fn launch(opts: LaunchOptions) -> Result<Outcome, LaunchError> {
     if opts.dry_run {
         print!("{}", plan.describe(&opts.resume)?);
         return Ok(Outcome::DryRun);
+    }
+    // Starting workers that have nothing to do would only show a full progress bar.
+    if opts.resume != Resume::None {
+        let (step, from) = plan.resume_point(&opts.resume)?;
+        if step >= plan.cfg.train.total_steps {
+            eprint!("{}", summary::complete(&plan, &from));
+            return Ok(Outcome::AlreadyComplete);
+        }
     }
     info!(
         run_id = %plan.run_id,

@@ -77,6 +77,9 @@ pub struct LaunchOptions {
     pub metrics_linger: Duration,
     /// Threads of each CPU worker (Burn's rayon pool); default: this node's cores / workers.
     pub threads_per_worker: Option<usize>,
+    /// Every line rank 0 writes on the console, not only its warnings and errors (the binary
+    /// sets it when `RUST_LOG` is set); the per-rank log files always have them.
+    pub rank0_detail: bool,
     /// Under Slurm: the id `scontrol requeue` takes (`<array job>_<task>` for arrays).
     pub slurm_requeue_id: Option<String>,
 }

@@ -21,6 +21,7 @@ use crate::drain::Drain;
 use crate::hang::HangDetector;
 use crate::nodes::Nodes;
 use crate::signals::{self, Signal};
+use crate::summary::Launched;
 use crate::workers::{Group, Round, describe, next_attempt};
 use crate::{LaunchError, LaunchOptions, Outcome, Plan};
 
@@ -81,6 +82,8 @@ struct Supervisor<'a> {
     /// Since when the job has been recovering from a failure (until the next step report).
     recovering: Option<(RestartReason, Instant)>,
     drain: Option<Drain>,
+    /// The step the first round started from.
+    first_step: Option<u64>,
     /// Highest step any rank reported completing, over the whole job.
     max_step: u64,
     /// Highest step completed in the current round (a restarted round starts below `max_step`).
@@ -103,9 +106,12 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
     })?;
     let port = server.local_addr().port();
     info!(%addr, port, "control server up");
+    let started = Instant::now();
     let console = Arc::new(Console::new(
         plan.cfg.train.total_steps,
         plan.cfg.train.global_batch,
+        plan.cfg.metrics.log_every,
+        opts.rank0_detail,
     ));
     let telemetry = Telemetry::start(&plan.cfg.metrics.listen, plan.run_dir().root(), run_info(plan))
         .map_err(|e| {
@@ -125,6 +131,7 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
         state: RunState::Starting,
         recovering: None,
         drain: None,
+        first_step: None,
         max_step: 0,
         round_step: 0,
         committed: None,
@@ -151,8 +158,24 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
     sup.nodes.exit(&sup.server, outcome, &reason);
     sup.set_state(state);
     sup.linger();
-    let Supervisor { telemetry, .. } = sup;
+    let Supervisor {
+        telemetry,
+        first_step,
+        max_step,
+        committed,
+        ..
+    } = sup;
     telemetry.finish(state, &reason);
+    if let Ok(outcome @ (Outcome::Finished | Outcome::Preempted)) = &result {
+        let launched = Launched {
+            from_step: first_step.unwrap_or(0),
+            to_step: max_step,
+            wall: started.elapsed(),
+            preempted: *outcome == Outcome::Preempted,
+            checkpoint: committed,
+        };
+        eprint!("{}", crate::summary::render(plan, &opts.worker_bin, &launched));
+    }
     result
 }
 
@@ -181,6 +204,8 @@ impl Supervisor<'_> {
             };
             info!(generation, attempt = round.attempt, resume = %from, "starting workers");
             self.console.restart_at(start_step);
+            self.first_step.get_or_insert(start_step);
+            self.max_step = self.max_step.max(start_step);
             self.round_step = start_step;
             self.nodes.start(&self.server, &round);
             self.telemetry.set_attempt(round.attempt);
@@ -332,7 +357,14 @@ impl Supervisor<'_> {
                             self.console.step(&record);
                         }
                     }
-                    Some(Record::Checkpoint(record)) if record.ok => self.committed = Some(record.step),
+                    Some(Record::Eval(record)) if rank == 0 => self.console.eval(&record.result),
+                    Some(Record::Checkpoint(record)) if rank == 0 => {
+                        self.console
+                            .checkpoint(&record, &self.plan.run_dir().checkpoint(record.step));
+                        if record.ok {
+                            self.committed = Some(record.step);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -472,17 +504,11 @@ impl Supervisor<'_> {
 
 fn run_info(plan: &Plan) -> RunInfo {
     let m = &plan.cfg.model;
-    let dataset = plan
-        .cfg
-        .data
-        .get("dataset")
-        .and_then(|d| d.as_str())
-        .unwrap_or("unknown");
     RunInfo {
         run_id: plan.run_id.clone(),
         experiment: plan.experiment.clone(),
         model: format!("swinfc-e{}-{}px", m.embed_dim, m.img_size),
-        dataset: dataset.to_string(),
+        dataset: plan.cfg.data.dataset.name().to_string(),
         world_size: plan.world_size(),
         target_steps: plan.cfg.train.total_steps,
         log_every: plan.cfg.metrics.log_every,

@@ -7,9 +7,12 @@
 //! Every line is an object with `ts` (Unix seconds) and a `kind` that selects the rest.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
+use crate::MetricsError;
 use crate::catalogue::{RestartReason, RunState};
 use crate::record::{CheckpointRecord, LearningRates, LossComponents};
 
@@ -70,4 +73,44 @@ pub struct EvalEvent {
     pub samples: u64,
     /// Top-1 by head label ([`crate::catalogue::HEADS`]).
     pub accuracy: BTreeMap<String, f64>,
+}
+
+/// A run's step lines and evals read back from its `events.jsonl`, by step.
+#[derive(Debug, Default)]
+pub struct History {
+    pub steps: BTreeMap<u64, StepEvent>,
+    pub evals: BTreeMap<u64, EvalEvent>,
+}
+
+impl History {
+    pub fn read(path: &Path) -> Result<History, MetricsError> {
+        let text = std::fs::read_to_string(path).map_err(MetricsError::io(path))?;
+        Ok(History::parse(&text, path))
+    }
+
+    /// `path` only names the file in warnings.
+    pub fn parse(events: &str, path: &Path) -> History {
+        let mut history = History::default();
+        for (i, line) in events.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let event: EventLine = match serde_json::from_str(line) {
+                Ok(e) => e,
+                // The last line of a run that was killed mid-write is torn; the rest is still useful.
+                Err(e) => {
+                    warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable event");
+                    continue;
+                }
+            };
+            // After a rollback, steps are replayed: the later line for a step replaces the earlier one.
+            match event.event {
+                Event::Step(step) => {
+                    history.steps.insert(step.step, step);
+                }
+                Event::Eval(eval) => {
+                    history.evals.insert(eval.step, eval);
+                }
+                _ => {}
+            }
+        }
+        history
+    }
 }

@@ -6,11 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use tracing::warn;
-
 use crate::MetricsError;
 use crate::catalogue::{HEADS, LOSS_COMPONENTS, PARAM_GROUPS};
-use crate::event::{EvalEvent, Event, EventLine, StepEvent};
+use crate::event::History;
 
 const PANEL_W: f64 = 560.0;
 const PANEL_H: f64 = 320.0;
@@ -54,28 +52,7 @@ pub fn plot_run(run_dir: &Path, out: &Path) -> Result<PlotSummary, MetricsError>
 
 /// The SVG for the contents of an `events.jsonl` (`path` only names it in errors).
 pub fn render_svg(events: &str, path: &Path) -> Result<(String, PlotSummary), MetricsError> {
-    // After a rollback, steps are replayed: the later line for a step replaces the earlier one.
-    let mut steps: BTreeMap<u64, StepEvent> = BTreeMap::new();
-    let mut evals: BTreeMap<u64, EvalEvent> = BTreeMap::new();
-    for (i, line) in events.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let event: EventLine = match serde_json::from_str(line) {
-            Ok(e) => e,
-            // The last line of a run that was killed mid-write is torn; the rest is still useful.
-            Err(e) => {
-                warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable event");
-                continue;
-            }
-        };
-        match event.event {
-            Event::Step(step) => {
-                steps.insert(step.step, step);
-            }
-            Event::Eval(eval) => {
-                evals.insert(eval.step, eval);
-            }
-            _ => {}
-        }
-    }
+    let History { steps, evals } = History::parse(events, path);
     if steps.is_empty() {
         return Err(MetricsError::Events {
             path: path.to_path_buf(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
+use swinfc_data::{DataConfig, DataError};
 use swinfc_model::{ConfigError, LossConfig, ModelConfig};
 
 use crate::RunDir;
@@ -72,8 +73,9 @@ pub struct TrainConfig {
     pub run: RunSection,
     pub model: ModelConfig,
     pub loss: LossConfig,
-    /// The `data:` section, parsed by swinfc-data.
-    pub data: Value,
+    /// The `data:` section, parsed (by swinfc-data) with the rest, so every consumer and
+    /// `--dry-run` see one validated value.
+    pub data: DataConfig,
     pub train: TrainSection,
     pub eval: EvalSection,
     pub checkpoint: CheckpointSection,
@@ -179,8 +181,11 @@ impl TrainConfig {
 
         let data = root
             .get("data")
-            .cloned()
             .ok_or_else(|| ConfigError::new("data", "missing section"))?;
+        let data = DataConfig::from_yaml(data).map_err(|e| match e {
+            DataError::Config { key, msg } => ConfigError::new(key, msg),
+            other => ConfigError::new("data", other.to_string()),
+        })?;
         let cfg = Self {
             run,
             model,

@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 use swinfc_comm::LocalCollective;
 use swinfc_data::augment::Pipeline;
 use swinfc_data::decode::decode_bytes;
-use swinfc_data::{DataConfig, open_dataset};
+use swinfc_data::open_dataset;
 use swinfc_model::SwinFc;
 use swinfc_model::weights::{load_state_dict, read_state_dict};
 
@@ -53,12 +53,12 @@ pub fn evaluate_checkpoint(
     let dir = resolve_checkpoint(checkpoint)?;
     let state = verify(&dir)?;
     let model = load_model(&dir, cfg)?;
-    let data_cfg = DataConfig::from_yaml(&cfg.data)?;
-    let dataset = Arc::new(open_dataset(&data_cfg)?);
+    let data_cfg = &cfg.data;
+    let dataset = Arc::new(open_dataset(data_cfg)?);
     let result = evaluate(
         &model,
         &dataset,
-        &data_cfg,
+        data_cfg,
         cfg,
         state.step,
         &mut LocalCollective,
@@ -87,7 +87,7 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf], k: usize) -> Result<Vec<Pr
         serde_json::from_slice(&bytes).map_err(|e| TrainError::Resume(format!("{}: {e}", path.display())))?
     };
     let model = load_model(&dir, &cfg)?;
-    let pipeline = Pipeline::new(&DataConfig::from_yaml(&cfg.data)?);
+    let pipeline = Pipeline::new(&cfg.data);
     let side = pipeline.crop();
     let mut predictions = Vec::new();
     for path in images {

@@ -107,7 +107,7 @@ pub fn train<B: TrainBackend>(
 ) -> Result<RunSummary, TrainError> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let accum = cfg.grad_accum(world)?;
-    let data_cfg = DataConfig::from_yaml(&cfg.data)?;
+    let data_cfg = cfg.data.clone();
     let dataset = Arc::new(open_dataset(&data_cfg)?);
     let (tried, unreadable) = probe_train(&dataset, PROBE_TRAIN_IMAGES);
     if let Some(first) = unreadable.first().filter(|_| unreadable.len() == tried) {

@@ -1,0 +1,121 @@
+//! What the launcher prints when a run ends, and when a finished run's command is run again:
+//! where the run got to, its accuracy from `events.jsonl` (so a resumed run counts its earlier
+//! launches' evals), where its files are and the commands that use them.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use swinfc_metrics::catalogue::HEADS;
+use swinfc_metrics::event::History;
+use tracing::warn;
+
+use crate::Plan;
+
+/// This launch, as the supervisor saw it.
+pub struct Launched {
+    /// The step the first round started from, and the highest step completed.
+    pub from_step: u64,
+    pub to_step: u64,
+    pub wall: Duration,
+    /// Drained after a signal: the same command resumes.
+    pub preempted: bool,
+    /// The newest checkpoint this launch committed.
+    pub checkpoint: Option<u64>,
+}
+
+/// The end-of-run summary.
+pub fn render(plan: &Plan, worker_bin: &Path, launched: &Launched) -> String {
+    let t = &plan.cfg.train;
+    let steps = launched.to_step.saturating_sub(launched.from_step);
+    let seconds = launched.wall.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        (steps as usize * t.global_batch) as f64 / seconds
+    } else {
+        0.0
+    };
+    let mut s = String::new();
+    let verb = if launched.preempted { "drained" } else { "finished" };
+    let _ = writeln!(
+        s,
+        "{verb}: step {}/{} ({steps} steps in {seconds:.1} s, {rate:.0} img/s)",
+        launched.to_step, t.total_steps
+    );
+    s.push_str(&accuracy(plan));
+    let run_dir = plan.run_dir();
+    if let Some(step) = launched.checkpoint {
+        let _ = writeln!(s, "checkpoint  {}", run_dir.checkpoint(step).display());
+    }
+    let _ = writeln!(s, "events      {}", run_dir.events().display());
+    let _ = writeln!(s, "logs        {}", run_dir.logs().display());
+    let (bin, root) = (worker_bin.display(), run_dir.root().display());
+    let _ = writeln!(s, "evaluate    {bin} eval --checkpoint {root}");
+    let _ = writeln!(s, "plot        {bin} plot {root} -o {root}/report.svg");
+    if launched.preempted {
+        let _ = writeln!(
+            s,
+            "resume      the same command (--resume auto continues from the checkpoint)"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "train on    the same command with --set train.total_steps=N (N > {})",
+            t.total_steps
+        );
+    }
+    s
+}
+
+/// The message for a run whose newest checkpoint already is at `train.total_steps`.
+pub fn complete(plan: &Plan, from: &str) -> String {
+    let root = plan.run_dir().root().display();
+    let mut s = format!(
+        "{root} is complete: all {} steps are done (resume: {from})\n",
+        plan.cfg.train.total_steps
+    );
+    s.push_str(&accuracy(plan));
+    let _ = writeln!(
+        s,
+        "to start a fresh run: add --resume none (replaces {root}'s checkpoints) or --set run.dir=NEW_DIR; \
+         to train longer: --set train.total_steps=N"
+    );
+    s
+}
+
+/// Final and best top-1 of each head, from the run's `events.jsonl` (empty without evals).
+fn accuracy(plan: &Plan) -> String {
+    let path = plan.run_dir().events();
+    let history = match History::read(&path) {
+        Ok(history) => history,
+        Err(e) => {
+            warn!(error = %e, "no accuracy for the summary");
+            return String::new();
+        }
+    };
+    let Some(last) = history.evals.values().next_back() else {
+        return String::new();
+    };
+    let title = format!("top-1 ({} images)", last.samples);
+    let mut s = format!("{title:<19}{:>7}  {:>7}\n", "final", "best");
+    for head in HEADS {
+        let Some(final_top1) = last.accuracy.get(head) else {
+            continue;
+        };
+        let best = history
+            .evals
+            .values()
+            .filter_map(|e| Some((*e.accuracy.get(head)?, e.step)))
+            .fold(
+                (f64::NEG_INFINITY, 0),
+                |b, (a, step)| if a > b.0 { (a, step) } else { b },
+            );
+        let _ = writeln!(
+            s,
+            "  {head:<16} {:>6.1}%  {:>6.1}% at step {}",
+            final_top1 * 100.0,
+            best.0 * 100.0,
+            best.1
+        );
+    }
+    s
+}
