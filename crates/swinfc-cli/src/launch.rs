@@ -48,6 +48,10 @@ struct Cli {
     /// `auto` (newest valid checkpoint, else fresh), `none`, or a checkpoint directory.
     #[arg(long, default_value = "auto")]
     resume: Resume,
+    /// With `--resume none`: delete the checkpoints an earlier run left in run.dir (refused
+    /// otherwise).
+    #[arg(long)]
+    overwrite: bool,
     /// Worker failures (crash, hang) to recover from before giving up.
     #[arg(long, default_value_t = 3)]
     max_restarts: u32,
@@ -106,6 +110,12 @@ fn run() -> Result<ExitCode> {
         (None, Some(n)) => Devices::Cpu(n),
         (None, None) => unreachable!("clap requires --gpus or --cpu"),
     };
+    if cli.overwrite && cli.resume != Resume::None {
+        return Err(swinfc_launch::LaunchError::Usage(
+            "--overwrite deletes an earlier run's checkpoints: it goes with --resume none only".into(),
+        )
+        .into());
+    }
     let nnodes = cli.nnodes.or(slurm.nnodes).unwrap_or(1);
     let opts = LaunchOptions {
         devices,
@@ -119,6 +129,7 @@ fn run() -> Result<ExitCode> {
             .unwrap_or_else(|| "127.0.0.1".into()),
         master_port: cli.master_port.unwrap_or(if nnodes > 1 { 29400 } else { 0 }),
         resume: cli.resume,
+        overwrite: cli.overwrite,
         max_restarts: cli.max_restarts,
         grace_period: cli.grace_period,
         run_id: cli.run_id.or(slurm.run_id),

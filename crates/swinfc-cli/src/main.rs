@@ -161,6 +161,10 @@ struct TrainArgs {
     /// `auto` (newest valid checkpoint of the run, else fresh), `none`, or a checkpoint directory.
     #[arg(long, default_value = "auto")]
     resume: Resume,
+    /// With `--resume none`: delete the checkpoints an earlier run left in run.dir (refused
+    /// otherwise).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -177,7 +181,11 @@ fn main() -> Result<()> {
             BackendArg::Cuda => forward_cuda(&args),
         },
         Command::Train(args) => {
+            if args.overwrite && args.resume != Resume::None {
+                bail!("--overwrite deletes an earlier run's checkpoints: it goes with --resume none only");
+            }
             let cfg = TrainConfig::load(&args.config, &args.set)?;
+            let _held = cfg.run.dir.claim(&args.resume, args.overwrite)?;
             report(swinfc_train::run_local(&cfg, &args.resume)?);
             Ok(())
         }

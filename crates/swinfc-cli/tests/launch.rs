@@ -276,7 +276,7 @@ fn the_console_shows_aligned_steps_and_a_summary_and_a_rerun_says_the_run_is_com
     let log = launch();
     let complete = format!("{} is complete: all 24 steps are done", dir.display());
     assert!(log.contains(&complete), "{log}");
-    assert!(log.contains("--resume none"), "{log}");
+    assert!(log.contains("--resume none --overwrite"), "{log}");
     assert!(
         !dir.join("logs/attempt-2").exists(),
         "no workers were started:\n{log}"
@@ -508,7 +508,15 @@ fn a_wrong_token_cannot_join_and_a_busy_port_is_a_clear_error() {
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
-    let (status, log) = run.launch(&["--cpu", "2", "--master-port", &port, "--resume", "none"]);
+    let (status, log) = run.launch(&[
+        "--cpu",
+        "2",
+        "--master-port",
+        &port,
+        "--resume",
+        "none",
+        "--overwrite",
+    ]);
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("cannot listen") && log.contains(&port), "{log}");
 }

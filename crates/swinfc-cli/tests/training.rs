@@ -365,3 +365,78 @@ fn a_final_checkpoint_that_cannot_be_written_fails_the_run() {
         "{stderr}"
     );
 }
+
+/// `--resume none` on a run directory with an earlier run's checkpoints refuses and leaves them
+/// as they were; `--resume none --overwrite` starts afresh.
+#[test]
+fn a_fresh_start_keeps_an_earlier_runs_checkpoints_unless_told_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    train_local(&cfg, &[]);
+    let before = model_bytes(dir.path(), 6);
+    let out = swinfc(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--resume",
+        "none",
+        "--set",
+        "run.seed=6",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already holds checkpoints of an earlier run (newest step-00000006)"),
+        "{stderr}"
+    );
+    assert_eq!(model_bytes(dir.path(), 6), before);
+    assert!(dir.path().join("run/checkpoints/step-00000003").exists());
+
+    train_local(&cfg, &["--resume", "none", "--overwrite", "--set", "run.seed=6"]);
+    assert_ne!(model_bytes(dir.path(), 6), before);
+}
+
+/// A second run on a directory in use (by `swinfc train` or a launcher) fails naming the holder; once the holder is killed (-9), its
+/// lock is gone with it.
+#[test]
+fn a_run_directory_in_use_is_refused_and_a_dead_holders_lock_is_not_a_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut first = Command::new(env!("CARGO_BIN_EXE_swinfc"))
+        .args([
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.total_steps=100000",
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("run/lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains("pid")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Both entry points refuse: `swinfc train` and a second launcher.
+    let launcher = Command::new(env!("CARGO_BIN_EXE_swinfc-launch"))
+        .args(["--cpu", "1"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    for out in [swinfc(&["train", cfg.to_str().unwrap()]), launcher] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let holder = format!("in use by another launch (pid {}", first.id());
+        assert!(stderr.contains(&holder), "{stderr}");
+    }
+
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    train_local(&cfg, &["--resume", "none", "--overwrite"]);
+    assert!(model_bytes(dir.path(), 6).len() > 1000);
+}

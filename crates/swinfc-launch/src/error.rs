@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use swinfc_comm::CommError;
 use swinfc_model::ConfigError;
+use swinfc_train::RunDirError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -12,6 +13,8 @@ pub enum LaunchError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Comm(#[from] CommError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{what}: {source}")]
@@ -44,7 +47,11 @@ impl LaunchError {
                 "check that node 0 is reachable at --master-addr/--master-port and that every node has \
                  the same job token, then run the same command again"
             }
-            LaunchError::Io { .. } => {
+            // Its message already says what to do (wait, resume, overwrite, another run.dir).
+            LaunchError::RunDir(RunDirError::Busy { .. } | RunDirError::HasCheckpoints { .. }) => {
+                "nothing was started and nothing was changed"
+            }
+            LaunchError::Io { .. } | LaunchError::RunDir(RunDirError::Io { .. }) => {
                 "check that the path exists and is writable (run.dir in the config), then run the same \
                  command again"
             }

@@ -54,6 +54,11 @@ pub fn launch(opts: LaunchOptions) -> Result<Outcome, LaunchError> {
         print!("{}", plan.describe(&opts.resume)?);
         return Ok(Outcome::DryRun);
     }
+    // Node 0 holds the run directory for the whole launch (the other nodes' launchers only run
+    // their workers).
+    let _held = (plan.node_rank == 0)
+        .then(|| plan.cfg.run.dir.claim(&opts.resume, opts.overwrite))
+        .transpose()?;
     // Starting workers that have nothing to do would only show a full progress bar.
     if opts.resume != Resume::None {
         let (step, from) = plan.resume_point(&opts.resume)?;

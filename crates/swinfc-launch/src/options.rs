@@ -62,6 +62,8 @@ pub struct LaunchOptions {
     /// 0 on a single node: any free port.
     pub master_port: u16,
     pub resume: Resume,
+    /// With `resume` none: delete the checkpoints an earlier run left in run.dir.
+    pub overwrite: bool,
     pub max_restarts: u32,
     /// SIGTERM → SIGKILL delay when stopping workers, and the drain deadline after a signal.
     pub grace_period: Duration,

@@ -76,7 +76,7 @@ pub fn complete(plan: &Plan, from: &str) -> String {
     s.push_str(&accuracy(plan));
     let _ = writeln!(
         s,
-        "to start a fresh run: add --resume none (replaces {root}'s checkpoints) or --set run.dir=NEW_DIR; \
+        "to start a fresh run: add --resume none --overwrite (deletes {root}'s checkpoints) or --set run.dir=NEW_DIR; \
          to train longer: --set train.total_steps=N"
     );
     s

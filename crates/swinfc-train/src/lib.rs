@@ -16,7 +16,7 @@ pub mod trainer;
 pub mod worker;
 
 pub use config::TrainConfig;
-pub use run_dir::RunDir;
+pub use run_dir::{RunDir, RunDirError, RunDirLock};
 pub use step::{Losses, StepConfig, StepOutcome, Trainer};
 pub use trainer::{EvalResult, Resume, RunSummary, TrainError, train};
 pub use worker::{run_local, run_worker};

@@ -10,9 +10,14 @@
 //!   logs/attempt-N/        per-rank logs of each attempt (launcher)
 //!   checkpoints/step-NNNNNNNN/{model,optimizer}.safetensors, state.json, MANIFEST.json, ...
 //!   checkpoints/latest
+//!   lock                   held by the launch (or `swinfc train`) using the directory
 //! ```
 
+use std::fs::{File, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use swinfc_comm::Resume;
 
 use crate::checkpoint::{CONFIG, step_dir_name};
 
@@ -57,10 +62,110 @@ impl RunDir {
         self.0.join("logs")
     }
 
+    pub fn lock_file(&self) -> PathBuf {
+        self.0.join("lock")
+    }
+
+    /// Takes the directory for one launch: an exclusive lock (a second launch on it fails naming
+    /// the holder; the kernel releases the lock when the holder exits, however it exits), and,
+    /// for a fresh start (`resume` none), a directory without checkpoints of an earlier run:
+    /// they are refused unless `overwrite`, which deletes them.
+    pub fn claim(&self, resume: &Resume, overwrite: bool) -> Result<RunDirLock, RunDirError> {
+        let io = |path: PathBuf| move |source| RunDirError::Io { path, source };
+        std::fs::create_dir_all(&self.0).map_err(io(self.0.clone()))?;
+        let path = self.lock_file();
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(path.clone()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(RunDirError::Busy {
+                    dir: self.0.clone(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(TryLockError::Error(source)) => return Err(RunDirError::Io { path, source }),
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let holder = format!("pid {} on {}\n", std::process::id(), host.trim());
+        file.set_len(0)
+            .and_then(|()| file.write_all(holder.as_bytes()))
+            .map_err(io(path))?;
+
+        if *resume == Resume::None {
+            self.clear_for_fresh_start(overwrite)?;
+        }
+        Ok(RunDirLock { _file: file })
+    }
+
+    fn clear_for_fresh_start(&self, overwrite: bool) -> Result<(), RunDirError> {
+        let checkpoints = self.checkpoints();
+        let mut steps: Vec<String> = match std::fs::read_dir(&checkpoints) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("step-"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(RunDirError::Io {
+                    path: checkpoints,
+                    source,
+                });
+            }
+        };
+        steps.sort();
+        let Some(newest) = steps.pop() else {
+            return Ok(());
+        };
+        if !overwrite {
+            return Err(RunDirError::HasCheckpoints {
+                dir: self.0.clone(),
+                newest,
+            });
+        }
+        tracing::warn!(dir = %checkpoints.display(), "--overwrite: deleting the earlier run's checkpoints");
+        std::fs::remove_dir_all(&checkpoints).map_err(|source| RunDirError::Io {
+            path: checkpoints,
+            source,
+        })
+    }
+
     /// The per-rank logs of launch attempt `attempt`.
     pub fn attempt_logs(&self, attempt: u64) -> PathBuf {
         self.logs().join(format!("attempt-{attempt}"))
     }
+}
+
+/// A run directory held by this process (see [`RunDir::claim`]); dropping it releases the lock.
+#[derive(Debug)]
+pub struct RunDirLock {
+    _file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error(
+        "run.dir {} is in use by another launch ({holder}): wait for it to end, or set another \
+         run.dir",
+        dir.display()
+    )]
+    Busy { dir: PathBuf, holder: String },
+    #[error(
+        "run.dir {} already holds checkpoints of an earlier run (newest {newest}): `--resume auto` \
+         continues that run, `--resume none --overwrite` deletes its checkpoints, or set another \
+         run.dir",
+        dir.display()
+    )]
+    HasCheckpoints { dir: PathBuf, newest: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 #[cfg(test)]
@@ -74,5 +179,30 @@ mod tests {
         assert_eq!(run.attempt_logs(2), Path::new("/runs/a/logs/attempt-2"));
         assert_eq!(run.events(), Path::new("/runs/a/events.jsonl"));
         assert_eq!(run.config(), Path::new("/runs/a/config.yaml"));
+    }
+
+    #[test]
+    fn a_claimed_directory_cannot_be_claimed_again_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let held = run.claim(&Resume::Auto, false).unwrap();
+        let err = run.claim(&Resume::Auto, false).unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(held);
+        run.claim(&Resume::Auto, false).unwrap();
+    }
+
+    #[test]
+    fn a_fresh_start_refuses_earlier_checkpoints_unless_told_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        std::fs::create_dir_all(run.checkpoint(3)).unwrap();
+        std::fs::create_dir_all(run.checkpoint(12)).unwrap();
+        let err = run.claim(&Resume::None, false).unwrap_err().to_string();
+        assert!(err.contains("newest step-00000012"), "{err}");
+        assert!(run.checkpoint(12).exists());
+        drop(run.claim(&Resume::Auto, false).unwrap()); // resuming is fine
+        drop(run.claim(&Resume::None, true).unwrap());
+        assert!(!run.checkpoints().exists());
     }
 }
