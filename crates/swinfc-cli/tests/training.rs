@@ -181,10 +181,30 @@ fn config_errors_exit_1_naming_the_key_or_path() {
             "train.global_batch: 8 is not a multiple of train.micro_batch 3",
         ),
         (
-            &["--set", "data={dataset: cub, root: /nonexistent/cub}"],
+            &["--set", "data={dataset: cub, root: /nonexistent/cub, resize: 36, crop: 32}"],
             "/nonexistent/cub",
         ),
         (&["--set", "data.colour=1"], "data.colour"),
+        (
+            &["--set", "train.lr_new=.nan"],
+            "train.lr_new: NaN must be a finite number ≥ 0",
+        ),
+        (
+            &["--set", "train.lr_backbone=-0.1"],
+            "train.lr_backbone: -0.1 must be a finite number ≥ 0",
+        ),
+        (
+            &["--set", "train.momentum=1.5"],
+            "train.momentum: 1.5 must be in [0, 1)",
+        ),
+        (
+            &["--set", "data.crop=28"],
+            "data.crop: 28 differs from model.img_size 32",
+        ),
+        (
+            &["--set", "model.num_classes=3"],
+            "model.num_classes: 3 is fewer than the dataset's 4 classes",
+        ),
     ];
     // Without the `cuda` feature the CPU is the only backend, and it trains in fp32 only.
     if !cfg!(feature = "cuda") {
@@ -439,4 +459,32 @@ fn a_run_directory_in_use_is_refused_and_a_dead_holders_lock_is_not_a_lock() {
     first.wait().unwrap();
     train_local(&cfg, &["--resume", "none", "--overwrite"]);
     assert!(model_bytes(dir.path(), 6).len() > 1000);
+}
+
+/// A dataset with more classes than the model's head is refused by the launcher before any worker
+/// starts (it panicked in a gather inside every worker, four times over).
+#[test]
+fn the_launcher_refuses_a_model_with_fewer_classes_than_the_dataset_before_starting_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    cub_with_unreadable(&dir.path().join("cub"), &[]);
+    let data = format!(
+        "data={{dataset: cub, root: {}, resize: 36, crop: 32, num_threads: 1}}",
+        dir.path().join("cub").display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_swinfc-launch"))
+        .args(["--cpu", "2"])
+        .arg(config(dir.path()))
+        .args(["--set", &data, "--set", "model.num_classes=1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("model.num_classes: 1 is fewer than the dataset's 2 classes"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("run/logs").exists(),
+        "workers were started:\n{stderr}"
+    );
 }

@@ -43,6 +43,7 @@ impl Plan {
         }
         check_gpus(&opts.devices)?;
         let cfg = TrainConfig::load(&opts.config, &opts.overrides)?;
+        cfg.open_dataset()?;
         let world = opts.nnodes * opts.devices.count();
         let grad_accum = cfg.grad_accum(world)?;
         let experiment = opts

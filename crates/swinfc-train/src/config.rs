@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
-use swinfc_data::{DataConfig, DataError};
+use swinfc_data::{DataConfig, DataError, Dataset, open_dataset};
 use swinfc_model::{ConfigError, LossConfig, ModelConfig};
 
 use crate::RunDir;
@@ -227,6 +227,37 @@ impl TrainConfig {
                 "exceeds train.total_steps",
             ));
         }
+        for (key, value) in [
+            ("train.lr_backbone", t.lr_backbone),
+            ("train.lr_new", t.lr_new),
+            ("train.weight_decay", t.weight_decay),
+            ("train.grad_clip", t.grad_clip),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{value} must be a finite number ≥ 0"),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(ConfigError::new(
+                "train.momentum",
+                format!("{} must be in [0, 1)", t.momentum),
+            ));
+        }
+        if self.data.crop != self.model.img_size {
+            return Err(ConfigError::new(
+                "data.crop",
+                format!(
+                    "{} differs from model.img_size {}: the model takes the crop as it is",
+                    self.data.crop, self.model.img_size
+                ),
+            ));
+        }
+        if let Some(synthetic) = &self.data.synthetic {
+            self.check_classes(synthetic.classes)?;
+        }
         if self.eval.split != "test" {
             return Err(ConfigError::new("eval.split", "only `test` is supported"));
         }
@@ -235,6 +266,35 @@ impl TrainConfig {
                 "checkpoint.keep_last",
                 "must keep at least one checkpoint",
             ));
+        }
+        Ok(())
+    }
+
+    /// Opens the dataset (its index files, not its images) and checks its classes against the
+    /// model's: the launcher does it before starting workers, so a wrong root or class count is
+    /// reported once, not by every worker after a model build.
+    pub fn open_dataset(&self) -> Result<Dataset, ConfigError> {
+        let dataset = open_dataset(&self.data).map_err(|e| ConfigError::new("data", e.to_string()))?;
+        self.check_classes(dataset.classes.len())?;
+        Ok(dataset)
+    }
+
+    /// More dataset classes than `model.num_classes` cannot train (labels past the head); fewer
+    /// only waste outputs, which is allowed with a warning.
+    fn check_classes(&self, classes: usize) -> Result<(), ConfigError> {
+        let heads = self.model.num_classes;
+        if classes > heads {
+            return Err(ConfigError::new(
+                "model.num_classes",
+                format!("{heads} is fewer than the dataset's {classes} classes (data:)"),
+            ));
+        }
+        if classes < heads {
+            tracing::warn!(
+                model_classes = heads,
+                dataset_classes = classes,
+                "model.num_classes exceeds the dataset's classes: the extra outputs are never a label"
+            );
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ pub use swinfc_comm::Resume;
 use swinfc_comm::{Collective, CommError, ControlClient, Phase, ServerCommand};
 use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, PROBE_TRAIN_IMAGES, TrainStream, eval_shard,
-    open_dataset, probe_train,
+    probe_train,
 };
 pub use swinfc_metrics::record::EvalResult;
 use swinfc_metrics::record::{CheckpointRecord, EvalRecord, Record, StepRecord};
@@ -108,7 +108,7 @@ pub fn train<B: TrainBackend>(
     let (rank, world) = (comm.rank(), comm.world_size());
     let accum = cfg.grad_accum(world)?;
     let data_cfg = cfg.data.clone();
-    let dataset = Arc::new(open_dataset(&data_cfg)?);
+    let dataset = Arc::new(cfg.open_dataset()?);
     let (tried, unreadable) = probe_train(&dataset, PROBE_TRAIN_IMAGES);
     if let Some(first) = unreadable.first().filter(|_| unreadable.len() == tried) {
         return Err(TrainError::NoReadableImages {

@@ -6,7 +6,7 @@ use swinfc_train::config::apply_override;
 const BASE: &str = "
 run: {name: t, dir: /tmp/x, seed: 3}
 model: {preset: tiny, num_classes: 10}
-data: {dataset: synthetic}
+data: {dataset: synthetic, classes: 10, resize: 144, crop: 128}
 train: {global_batch: 8, micro_batch: 2, total_steps: 10, lr_backbone: 0.01, lr_new: 0.05}
 ";
 
