@@ -12,7 +12,7 @@ use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, TrainBackend, model_and_loss_from_yaml};
 use swinfc_train::bench::{self, BenchSettings};
 use swinfc_train::config::Precision;
-use swinfc_train::{Resume, RunSummary, TrainConfig, inference};
+use swinfc_train::{Resume, RunSummary, TrainConfig, TrainError, inference};
 use tracing::info;
 
 /// Training's activation buffers are reused across steps instead of page-faulted in afresh.
@@ -191,9 +191,17 @@ fn main() -> Result<()> {
         }
         Command::Worker(args) => {
             swinfc_launch::install_worker_signal_policy()?;
-            let cfg = TrainConfig::load(&args.config, &args.set)?;
-            swinfc_train::run_worker(&cfg, &args.resume)?;
-            Ok(())
+            let run = TrainConfig::load(&args.config, &args.set)
+                .map_err(TrainError::from)
+                .and_then(|cfg| swinfc_train::run_worker(&cfg, &args.resume));
+            match run {
+                // The launcher restarts a failed worker unless this exit code says it is pointless.
+                Err(e) if e.is_permanent() => {
+                    tracing::error!("{e}");
+                    std::process::exit(swinfc_launch::EXIT_PERMANENT);
+                }
+                run => Ok(run.map(|_| ())?),
+            }
         }
         Command::Eval { checkpoint, config } => {
             let dir = inference::resolve_checkpoint(&checkpoint)?;

@@ -181,7 +181,10 @@ fn config_errors_exit_1_naming_the_key_or_path() {
             "train.global_batch: 8 is not a multiple of train.micro_batch 3",
         ),
         (
-            &["--set", "data={dataset: cub, root: /nonexistent/cub, resize: 36, crop: 32}"],
+            &[
+                "--set",
+                "data={dataset: cub, root: /nonexistent/cub, resize: 36, crop: 32}",
+            ],
             "/nonexistent/cub",
         ),
         (&["--set", "data.colour=1"], "data.colour"),
@@ -486,5 +489,33 @@ fn the_launcher_refuses_a_model_with_fewer_classes_than_the_dataset_before_start
     assert!(
         !dir.path().join("run/logs").exists(),
         "workers were started:\n{stderr}"
+    );
+}
+
+/// A worker that fails on a permanent error (here: no readable train image) exits with
+/// EXIT_PERMANENT and the launcher stops at once with the worker's error line, instead of
+/// restarting it three times and reporting only an exit code.
+#[test]
+fn a_permanent_worker_error_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    cub_with_unreadable(&dir.path().join("cub"), &[0, 1, 2, 3, 4, 5]);
+    let data = format!(
+        "data={{dataset: cub, root: {}, resize: 36, crop: 32, num_threads: 1}}",
+        dir.path().join("cub").display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_swinfc-launch"))
+        .args(["--cpu", "2"])
+        .arg(config(dir.path()))
+        .args(["--set", &data, "--set", "model.num_classes=2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("none of the 6 train images sampled"), "{stderr}");
+    assert!(stderr.contains("a restart cannot fix"), "{stderr}");
+    assert!(dir.path().join("run/logs/attempt-1").exists());
+    assert!(
+        !dir.path().join("run/logs/attempt-2").exists(),
+        "restarted:\n{stderr}"
     );
 }

@@ -22,7 +22,9 @@ pub mod server;
 
 pub use client::{ControlClient, NodeClient, WorkerIdentity};
 pub use error::CommError;
-pub use protocol::{JobOutcome, JobToken, NodeCommand, NodeReport, Phase, Resume, ServerCommand, Signal};
+pub use protocol::{
+    EXIT_PERMANENT, JobOutcome, JobToken, NodeCommand, NodeReport, Phase, Resume, ServerCommand, Signal,
+};
 pub use ring::TcpRing;
 pub use server::{ControlServer, ServerEvent, ServerHandle};
 

@@ -111,6 +111,11 @@ impl fmt::Display for Phase {
     }
 }
 
+/// Exit code of a worker that stopped on an error no restart can fix (a config or data error, a
+/// checkpoint that does not fit, a run that diverges deterministically): the launcher stops at once
+/// instead of restarting it. 78 is `EX_CONFIG` of sysexits.h.
+pub const EXIT_PERMANENT: i32 = 78;
+
 /// Where a run starts: the `--resume` of the CLI, of the launcher and of every worker. It lives
 /// here because node 0 sends it to the other nodes with each round ([`NodeCommand::Start`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,7 @@ pub use options::seconds;
 pub use options::{Devices, LaunchOptions, slurm_defaults};
 pub use plan::Plan;
 pub use signals::install_worker_policy as install_worker_signal_policy;
+pub use swinfc_comm::EXIT_PERMANENT;
 
 use swinfc_train::Resume;
 use tracing::info;

@@ -23,7 +23,7 @@ use crate::nodes::Nodes;
 use crate::signals::{self, Signal};
 use crate::summary::Launched;
 use crate::workers::{Group, Round, describe, next_attempt};
-use crate::{LaunchError, LaunchOptions, Outcome, Plan};
+use crate::{EXIT_PERMANENT, LaunchError, LaunchOptions, Outcome, Plan};
 
 /// How often exits, signals and deadlines are checked: a crash is noticed within this.
 const POLL: Duration = Duration::from_millis(50);
@@ -33,12 +33,14 @@ const POLL: Duration = Duration::from_millis(50);
 pub enum FailureKind {
     Crash,
     Hang,
+    /// The worker exited with [`EXIT_PERMANENT`]: its error would recur on a restart.
+    Permanent,
 }
 
 impl FailureKind {
     fn reason(self) -> RestartReason {
         match self {
-            FailureKind::Crash => RestartReason::Crash,
+            FailureKind::Crash | FailureKind::Permanent => RestartReason::Crash,
             FailureKind::Hang => RestartReason::Hang,
         }
     }
@@ -223,6 +225,13 @@ impl Supervisor<'_> {
                         warn!("a worker failed while draining: the previous checkpoint stands");
                         return Ok(Outcome::Preempted);
                     }
+                    if failure.kind == FailureKind::Permanent {
+                        return Err(LaunchError::Failed(format!(
+                            "rank {} stopped on an error that a restart cannot fix (its error line \
+                             is above); not restarting",
+                            failure.rank
+                        )));
+                    }
                     restarts += 1;
                     if restarts > self.opts.max_restarts {
                         return Err(LaunchError::Failed(format!(
@@ -276,7 +285,12 @@ impl Supervisor<'_> {
                 if status.success() {
                     hang.done(rank);
                 } else {
-                    return self.fail(group, Failure::new(rank, FailureKind::Crash, describe(status)));
+                    let kind = if status.code() == Some(EXIT_PERMANENT) {
+                        FailureKind::Permanent
+                    } else {
+                        FailureKind::Crash
+                    };
+                    return self.fail(group, Failure::new(rank, kind, describe(status)));
                 }
             }
             if hang.all_done() {

@@ -84,6 +84,23 @@ pub enum TrainError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+impl TrainError {
+    /// Whether running the same command again would fail the same way: a restart cannot fix it.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            TrainError::Config(_)
+            | TrainError::Weights(_)
+            | TrainError::Resume(_)
+            | TrainError::NonFinite(_)
+            | TrainError::NoReadableImages { .. }
+            | TrainError::LastSaveFailed { .. } => true,
+            // A loader thread's panic or an I/O error may pass; bad data does not.
+            TrainError::Data(e) => !matches!(e, DataError::Io { .. } | DataError::Internal(_)),
+            _ => false,
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
