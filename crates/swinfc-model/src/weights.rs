@@ -99,11 +99,31 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<StateDict, WeightsError
 }
 
 fn read_pytorch(path: &Path) -> Result<StateDict, WeightsError> {
+    let file_len = std::fs::metadata(path).map_err(|e| file_error(path, e))?.len();
     let reader = PytorchReader::new(path).map_err(|e| file_error(path, e))?;
     let mut dict = StateDict::new();
     for (name, snapshot) in reader.into_tensors() {
         if !snapshot.dtype.is_float() {
             continue;
+        }
+        // A weight's values are stored, one by one, in the file: a shape that needs more bytes
+        // than the whole file is a forgery (a zero stride, an inflated dim) that would make us
+        // allocate what it claims.
+        let claimed = snapshot
+            .shape
+            .as_slice()
+            .iter()
+            .try_fold(snapshot.dtype.size() as u128, |n, &d| n.checked_mul(d as u128));
+        if claimed.is_none_or(|bytes| bytes > u128::from(file_len)) {
+            return Err(file_error(
+                path,
+                format!(
+                    "`{name}`: its shape {:?} of {:?} needs more bytes than the whole file ({file_len}); \
+                     the file lies about this tensor",
+                    snapshot.shape.as_slice(),
+                    snapshot.dtype
+                ),
+            ));
         }
         let data = snapshot
             .to_data()

@@ -105,3 +105,15 @@ fn official_wrapper_is_unwrapped_and_its_other_entries_dropped() {
     assert_eq!(report.layout, swinfc_model::weights::Layout::New);
     assert_eq!(dict, weights);
 }
+
+/// A .pth whose tensor claims 100000² float32 values over a one-element storage (zero stride,
+/// tests/fixtures/make_hostile.py) is refused, naming the tensor, before anything is allocated
+/// (it used to ask for 40 GB and abort).
+#[test]
+fn a_pth_that_claims_more_values_than_it_holds_is_refused_naming_the_tensor() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hostile/zero_stride.pth");
+    let err = read_state_dict(&path).unwrap_err().to_string();
+    assert!(err.contains("`patch_embed.proj.weight`"), "{err}");
+    assert!(err.contains("[100000, 100000]"), "{err}");
+    assert!(err.contains("the file lies about this tensor"), "{err}");
+}
