@@ -53,11 +53,11 @@ pub fn read(root: &Path) -> Result<Dataset, DataError> {
     let split_by_id = split.by_id()?;
     let images_dir = dir.join("images");
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for (_, id, rel) in &images.rows {
+    for (line, id, rel) in &images.rows {
         let (sline, sval) = split_by_id[id.as_str()];
         let sample = Sample {
             id: id.clone(),
-            source: Source::File(images_dir.join(rel)),
+            source: Source::File(images.image_path(&images_dir, *line, rel)?),
             label: rank[&class_of[id.as_str()]],
         };
         if split.split_flag(sline, sval)? {

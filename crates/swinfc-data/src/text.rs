@@ -90,6 +90,23 @@ impl Records {
         Ok(())
     }
 
+    /// An image path of `images.txt` joined to `images_dir`; one that would leave it (absolute,
+    /// or with a `..`) is an error naming the line: a listed path must not read files outside the
+    /// dataset (its bytes reach logs and error messages).
+    pub fn image_path(&self, images_dir: &Path, line: usize, value: &str) -> Result<PathBuf, DataError> {
+        let rel = Path::new(value);
+        let inside = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        if !inside {
+            return Err(self.err(
+                line,
+                format!("image path {value:?} leaves the dataset's images/ directory"),
+            ));
+        }
+        Ok(images_dir.join(rel))
+    }
+
     /// The split flag of a `train_test_split.txt` value: exactly `1` (train) or `0` (test).
     pub fn split_flag(&self, line: usize, value: &str) -> Result<bool, DataError> {
         match value {

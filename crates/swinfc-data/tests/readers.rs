@@ -250,3 +250,28 @@ fn an_empty_train_split_is_an_error() {
     .to_string();
     assert!(e.contains("train split is empty"), "{e}");
 }
+
+/// An `images.txt` path that leaves `images/` (a `..`, an absolute path) is refused with its line,
+/// not followed (it used to read the file and show its first bytes).
+#[test]
+fn image_paths_that_escape_the_dataset_are_refused() {
+    for (path, line) in [
+        ("../../../etc/passwd", 2),
+        ("/etc/passwd", 2),
+        ("a/../../b.jpg", 2),
+    ] {
+        let e = cub_error(|d| {
+            let images = std::fs::read_to_string(d.join("images.txt")).unwrap();
+            let edited = images.replacen(
+                "001.Black_footed_Albatross/Black_Footed_Albatross_0009_34.jpg",
+                path,
+                1,
+            );
+            write(&d.join("images.txt"), edited);
+        });
+        assert!(
+            e.contains(&format!("images.txt:{line}:")) && e.contains("leaves the dataset's images/"),
+            "{path}: {e}"
+        );
+    }
+}
