@@ -519,3 +519,17 @@ fn a_permanent_worker_error_is_not_retried() {
         "restarted:\n{stderr}"
     );
 }
+
+/// `eval` on a torn checkpoint directory says which file failed which check, not only that
+/// nothing verifies.
+#[test]
+fn eval_on_a_torn_checkpoint_names_the_file_and_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    train_local(&config(dir.path()), &[]);
+    let step6 = dir.path().join("run/checkpoints/step-00000006");
+    std::fs::write(step6.join("model.safetensors"), b"torn").unwrap();
+    let out = swinfc(&["eval", "--checkpoint", step6.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("model.safetensors"), "{stderr}");
+}

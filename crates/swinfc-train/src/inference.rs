@@ -24,14 +24,22 @@ type B = Autodiff<Flex>;
 
 /// A checkpoint directory, or a run directory (its newest checkpoint that verifies).
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
-    if verify(path).is_ok() {
-        return Ok(path.to_path_buf());
-    }
+    let direct = match verify(path) {
+        Ok(_) => return Ok(path.to_path_buf()),
+        Err(e) => e,
+    };
     [RunDir::new(path).checkpoints(), path.to_path_buf()]
         .iter()
         .find_map(|root| latest_valid(root))
         .map(|(dir, _)| dir)
-        .ok_or_else(|| TrainError::Resume(format!("{}: no checkpoint that verifies", path.display())))
+        // For a checkpoint directory the reason is its own check; for a run directory each
+        // skipped checkpoint's reason was logged as a warning.
+        .ok_or_else(|| {
+            TrainError::Resume(format!(
+                "{}: no checkpoint that verifies (as a checkpoint: {direct})",
+                path.display()
+            ))
+        })
 }
 
 fn load_model(dir: &Path, cfg: &TrainConfig) -> Result<SwinFc<B>, TrainError> {

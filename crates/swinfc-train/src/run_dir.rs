@@ -98,10 +98,28 @@ impl RunDir {
             .and_then(|()| file.write_all(holder.as_bytes()))
             .map_err(io(path))?;
 
+        self.remove_torn_saves()?;
         if *resume == Resume::None {
             self.clear_for_fresh_start(overwrite)?;
         }
         Ok(RunDirLock { _file: file })
+    }
+
+    /// Removes the temporary directories of saves whose writer died (`.tmp-step-…-PID`): under
+    /// the lock no writer of this directory is running yet.
+    fn remove_torn_saves(&self) -> Result<(), RunDirError> {
+        let checkpoints = self.checkpoints();
+        let Ok(entries) = std::fs::read_dir(&checkpoints) else {
+            return Ok(());
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let path = entry.path();
+                tracing::info!(path = %path.display(), "removing a torn save left by a dead writer");
+                std::fs::remove_dir_all(&path).map_err(|source| RunDirError::Io { path, source })?;
+            }
+        }
+        Ok(())
     }
 
     fn clear_for_fresh_start(&self, overwrite: bool) -> Result<(), RunDirError> {
@@ -204,5 +222,18 @@ mod tests {
         drop(run.claim(&Resume::Auto, false).unwrap()); // resuming is fine
         drop(run.claim(&Resume::None, true).unwrap());
         assert!(!run.checkpoints().exists());
+    }
+
+    #[test]
+    fn a_dead_writers_temporary_save_is_removed_and_checkpoints_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let torn = run.checkpoints().join(".tmp-step-00000009-4242");
+        std::fs::create_dir_all(&torn).unwrap();
+        std::fs::write(torn.join("model.safetensors"), b"half").unwrap();
+        std::fs::create_dir_all(run.checkpoint(6)).unwrap();
+        drop(run.claim(&Resume::Auto, false).unwrap());
+        assert!(!torn.exists());
+        assert!(run.checkpoint(6).exists());
     }
 }
