@@ -1,7 +1,7 @@
 //! Length-prefixed frames of the control protocol: a big-endian `u32` payload length, then that
-//! many bytes of JSON. A length over [`MAX_FRAME`] or a payload that is not a valid message is a
-//! malformed frame: the reader reports it and the connection is closed, so a confused or hostile
-//! peer can cost at most one frame of memory.
+//! many bytes of JSON. A length over [`MAX_FRAME`] (or the smaller limit the caller sets) or a
+//! payload that is not a valid message is a malformed frame: the reader reports it and the
+//! connection is closed, so a confused or hostile peer can cost at most one frame of memory.
 
 use serde::{Serialize, de::DeserializeOwned};
 use std::io::{Read, Write};
@@ -29,12 +29,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CommError> {
     Ok(out)
 }
 
-fn check_len(header: [u8; 4], peer: &str) -> Result<usize, CommError> {
+fn check_len(header: [u8; 4], max: usize, peer: &str) -> Result<usize, CommError> {
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(CommError::Frame {
             peer: peer.into(),
-            reason: format!("length {len} exceeds {MAX_FRAME}"),
+            reason: format!("length {len} exceeds {max}"),
         });
     }
     Ok(len)
@@ -67,7 +67,7 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T, peer: &str) -> Res
 pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read, peer: &str) -> Result<T, CommError> {
     let mut header = [0u8; 4];
     r.read_exact(&mut header).map_err(|e| read_err(peer, e))?;
-    let mut payload = vec![0u8; check_len(header, peer)?];
+    let mut payload = vec![0u8; check_len(header, MAX_FRAME, peer)?];
     r.read_exact(&mut payload).map_err(|e| read_err(peer, e))?;
     decode(&payload, peer)
 }
@@ -83,14 +83,15 @@ pub async fn write_frame_async<T: Serialize>(
     w.flush().await.map_err(|e| CommError::io(peer, e))
 }
 
-/// Async read of one frame.
+/// Async read of one frame of at most `max` (≤ [`MAX_FRAME`]) payload bytes.
 pub async fn read_frame_async<T: DeserializeOwned>(
     r: &mut (impl AsyncRead + Unpin),
+    max: usize,
     peer: &str,
 ) -> Result<T, CommError> {
     let mut header = [0u8; 4];
     r.read_exact(&mut header).await.map_err(|e| read_err(peer, e))?;
-    let mut payload = vec![0u8; check_len(header, peer)?];
+    let mut payload = vec![0u8; check_len(header, max.min(MAX_FRAME), peer)?];
     r.read_exact(&mut payload).await.map_err(|e| read_err(peer, e))?;
     decode(&payload, peer)
 }

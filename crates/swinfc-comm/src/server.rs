@@ -5,25 +5,42 @@
 //!
 //! State is one `std::sync::Mutex` that is never held across an `.await`; waiters (key waits,
 //! barriers) sleep on one `Notify` that fires on every change and re-check.
+//!
+//! Until a connection has shown the job token it is a stranger's, and costs little: its first
+//! frame may be only [`MAX_HELLO`] bytes and must arrive within [`HANDSHAKE_TIMEOUT`], at most
+//! [`MAX_UNAUTHENTICATED`] such connections are open at once, and their refusals are logged once
+//! and then counted, so a flood of them neither fills memory nor the log.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::CommError;
-use crate::frame::{read_frame_async, write_frame_async};
+use crate::frame::{MAX_FRAME, read_frame_async, write_frame_async};
 use crate::protocol::{
     ClientMsg, JobToken, NodeCommand, NodeReport, Phase, ServerCommand, ServerMsg, hex_decode,
 };
 
-/// How long a new connection may take to present its token.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to present its token (the whole first frame).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest first frame. A hello is about 120 bytes; a stranger must not make us hold a
+/// [`MAX_FRAME`] buffer before the token is checked.
+pub const MAX_HELLO: usize = 1024;
+/// Connections without a checked token open at once, at most. A new one at the limit closes the
+/// oldest rather than being turned away: a worker sends its hello as soon as it connects, so it is
+/// read long before hundreds of newer connections arrive, and a flood of silent connections
+/// cannot lock workers out for the handshake timeout. Far above the connections a starting job
+/// opens at once that are not yet read.
+pub const MAX_UNAUTHENTICATED: usize = 256;
+/// A refused stranger is logged in full when none was in the last interval; the ones after it
+/// are counted and the count logged once per interval.
+pub const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Upper bound on a client-requested wait, so a bogus request cannot pin a task forever.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -54,8 +71,8 @@ pub enum ServerEvent {
     BadToken {
         peer: SocketAddr,
     },
-    /// A connection that never joined: malformed hello, wrong generation, bad rank, node 0 or a
-    /// node already linked, timeout.
+    /// A connection that never joined: malformed or oversized hello, wrong generation, bad rank,
+    /// node 0 or a node already linked, timeout, or closed to make room for newer connections.
     Rejected {
         peer: SocketAddr,
         reason: String,
@@ -98,19 +115,83 @@ struct State {
     next_conn_id: u64,
 }
 
+/// Connections that have not shown the token yet, oldest first. Dropping one's sender tells it
+/// to give up.
+#[derive(Default)]
+struct Strangers {
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+    next_id: u64,
+}
+
+/// How refusals of strangers are logged: the first in full, the next ones counted.
+#[derive(Default)]
+struct Refusals {
+    /// One was logged in full within the current interval.
+    logged: bool,
+    /// Refused since then without a line of their own.
+    counted: u64,
+}
+
+impl Refusals {
+    /// Whether this refusal gets a line of its own.
+    fn refused(&mut self) -> bool {
+        if self.logged {
+            self.counted += 1;
+            false
+        } else {
+            self.logged = true;
+            true
+        }
+    }
+
+    /// At the end of an interval: how many to report, if any. A quiet interval lets the next
+    /// refusal be logged in full again.
+    fn end_interval(&mut self) -> Option<u64> {
+        if self.counted == 0 {
+            self.logged = false;
+            return None;
+        }
+        Some(std::mem::take(&mut self.counted))
+    }
+}
+
 struct Shared {
     token: JobToken,
     world_size: usize,
     state: Mutex<State>,
+    strangers: Mutex<Strangers>,
+    refusals: Mutex<Refusals>,
     changed: Notify,
     events: mpsc::UnboundedSender<ServerEvent>,
 }
 
+/// A panic while holding one of our locks leaves consistent data (no multi-step invariants), so a
+/// poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent data (no multi-step invariants), so
-        // a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
+    }
+
+    /// Counts a new connection among the strangers until it shows the token, closing the oldest
+    /// one when there are [`MAX_UNAUTHENTICATED`].
+    fn admit_stranger(self: &Arc<Self>) -> Stranger {
+        let (tx, evicted) = oneshot::channel();
+        let mut strangers = lock(&self.strangers);
+        let id = strangers.next_id;
+        strangers.next_id += 1;
+        if strangers.queue.len() >= MAX_UNAUTHENTICATED {
+            strangers.queue.pop_front();
+        }
+        strangers.queue.push_back((id, tx));
+        Stranger {
+            shared: self.clone(),
+            id,
+            evicted,
+        }
     }
 
     fn emit(&self, e: ServerEvent) {
@@ -154,6 +235,8 @@ impl ControlServer {
                 nodes: HashMap::new(),
                 next_conn_id: 0,
             }),
+            strangers: Mutex::default(),
+            refusals: Mutex::default(),
             changed: Notify::new(),
             events,
         });
@@ -265,14 +348,40 @@ impl Drop for ControlServer {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut conns = JoinSet::new();
+    let mut report = tokio::time::interval(REFUSAL_REPORT_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => { conns.spawn(serve_conn(stream, peer, shared.clone())); }
+                // Counted here, not in the task, so tasks not yet polled are within the bound.
+                Ok((stream, peer)) => { conns.spawn(serve_conn(stream, peer, shared.clone(), shared.admit_stranger())); }
                 // Resource exhaustion (EMFILE) is transient: back off instead of spinning.
                 Err(e) => { warn!("control server accept failed: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = report.tick() => {
+                if let Some(n) = lock(&shared.refusals).end_interval() {
+                    warn!("{n} more control connection(s) refused in the last {REFUSAL_REPORT_EVERY:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A connection's place among the strangers, given up when dropped (token shown or connection
+/// ended).
+struct Stranger {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Resolves when newer connections pushed this one out.
+    evicted: oneshot::Receiver<()>,
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let mut strangers = lock(&self.shared.strangers);
+        if let Some(i) = strangers.queue.iter().position(|(id, _)| *id == self.id) {
+            strangers.queue.remove(i);
         }
     }
 }
@@ -299,9 +408,16 @@ async fn admit(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     peer: SocketAddr,
     shared: &Shared,
+    mut stranger: Stranger,
 ) -> Option<Admitted> {
     let peer_s = peer.to_string();
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame_async::<ClientMsg>(rd, &peer_s)).await;
+    let hello = tokio::select! {
+        hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame_async::<ClientMsg>(rd, MAX_HELLO, &peer_s)) => hello,
+        _ = &mut stranger.evicted => {
+            reject(shared, peer, format!("no hello before {MAX_UNAUTHENTICATED} newer connections arrived"));
+            return None;
+        }
+    };
     let (token, role) = match hello {
         Ok(Ok(ClientMsg::Hello {
             token,
@@ -324,10 +440,10 @@ async fn admit(
     };
     if !hex_decode(&token).is_some_and(|b| shared.token.matches(&b)) {
         // No reply: a stranger learns nothing.
-        warn!(%peer, "control connection with a wrong job token refused");
-        shared.emit(ServerEvent::BadToken { peer });
+        refuse(shared, ServerEvent::BadToken { peer }, "wrong job token");
         return None;
     }
+    drop(stranger);
     // The token is right, so explaining a refusal is safe and saves a confused peer's time.
     let registered = register(&mut shared.lock(), shared.world_size, role);
     let (admitted, generation) = match registered {
@@ -432,9 +548,22 @@ fn register(st: &mut State, world_size: usize, role: Role) -> Result<(Admitted, 
     Ok((admitted, st.generation))
 }
 
+/// A stranger's connection that did not send a usable hello.
 fn reject(shared: &Shared, peer: SocketAddr, reason: String) {
-    warn!(%peer, "control connection rejected: {reason}");
-    shared.emit(ServerEvent::Rejected { peer, reason });
+    refuse(shared, ServerEvent::Rejected { peer, reason }, "no valid hello");
+}
+
+/// Logs (rate-limited) and reports a connection closed before it showed the right token.
+fn refuse(shared: &Shared, event: ServerEvent, why: &str) {
+    if lock(&shared.refusals).refused() {
+        warn!(
+            ?event,
+            "control connection refused: {why}; more are counted and reported every {REFUSAL_REPORT_EVERY:?}"
+        );
+    } else {
+        debug!(?event, "control connection refused: {why}");
+    }
+    shared.emit(event);
 }
 
 fn unregister(shared: &Shared, role: Role, conn_id: u64, reason: &str) {
@@ -470,7 +599,7 @@ fn unregister(shared: &Shared, role: Role, conn_id: u64, reason: &str) {
     }
 }
 
-async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stranger: Stranger) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let Some(Admitted {
@@ -479,7 +608,7 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         tx: out_tx,
         rx: mut out_rx,
         close,
-    }) = admit(&mut rd, &mut wr, peer, &shared).await
+    }) = admit(&mut rd, &mut wr, peer, &shared, stranger).await
     else {
         return;
     };
@@ -500,7 +629,7 @@ async fn serve_conn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     let reason = loop {
         tokio::select! {
-            msg = read_frame_async::<ClientMsg>(&mut rd, &peer_s) => match msg {
+            msg = read_frame_async::<ClientMsg>(&mut rd, MAX_FRAME, &peer_s) => match msg {
                 Ok(m) => {
                     let handled = match role {
                         Role::Worker { rank, generation } => handle(m, rank, generation, &shared, &out_tx, &mut waits),

@@ -383,8 +383,8 @@ impl Supervisor<'_> {
                 }
             }
             ServerEvent::Disconnected { rank, .. } => self.telemetry.worker_up(rank, false),
-            ServerEvent::BadToken { peer } => warn!(%peer, "a connection with a wrong job token was refused"),
-            ServerEvent::Rejected { peer, reason } => warn!(%peer, %reason, "a connection was refused"),
+            // The control server logs these itself, a flood of them rate-limited: once is enough.
+            ServerEvent::BadToken { .. } | ServerEvent::Rejected { .. } => {}
             ServerEvent::NodeReport { node, report } => match report {
                 NodeReport::Exit { rank, ok: true, .. } => {
                     if let Some(hang) = hang {
