@@ -533,3 +533,33 @@ fn eval_on_a_torn_checkpoint_names_the_file_and_the_check() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("model.safetensors"), "{stderr}");
 }
+
+/// Weights that hold a NaN (here from a pretrained file) are never committed as a resume point:
+/// the save fails the run, naming the tensor, and no checkpoint directory appears.
+#[test]
+fn a_checkpoint_is_never_written_from_non_finite_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    train_local(&cfg, &[]);
+    let mut bytes = model_bytes(dir.path(), 6);
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let offset = header["branch_head.s2.fc.bias"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    let at = 8 + header_len + offset;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let pretrained = dir.path().join("nan.safetensors");
+    std::fs::write(&pretrained, bytes).unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let set = format!("train.pretrained={}", pretrained.display());
+    let out = swinfc(&["train", config(fresh.path()).to_str().unwrap(), "--set", &set]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`branch_head.s2.fc.bias` holds a non-finite value"),
+        "{stderr}"
+    );
+    assert!(!fresh.path().join("run/checkpoints/step-00000003").exists());
+}

@@ -78,6 +78,12 @@ pub enum TrainError {
         reason: &'static str,
         error: CheckpointError,
     },
+    #[error(
+        "step {step}: `{tensor}` holds a non-finite value; no checkpoint is written from these \
+         weights (the previous ones are the resume points): lower the learning rates or check the \
+         data"
+    )]
+    NonFiniteWeights { step: u64, tensor: String },
     #[error("aborted by the launcher")]
     Aborted,
     #[error("{}: {source}", path.display())]
@@ -92,6 +98,7 @@ impl TrainError {
             | TrainError::Weights(_)
             | TrainError::Resume(_)
             | TrainError::NonFinite(_)
+            | TrainError::NonFiniteWeights { .. }
             | TrainError::NoReadableImages { .. }
             | TrainError::LastSaveFailed { .. } => true,
             // A loader thread's panic or an I/O error may pass; bad data does not.
@@ -194,7 +201,7 @@ pub fn train<B: TrainBackend>(
             control.as_deref_mut(),
         )?;
         if let Some(writer) = &writer {
-            maybe_save(writer, &run, &trainer, step, outcome.stopping, accuracy);
+            maybe_save(writer, &run, &trainer, step, outcome.stopping, accuracy)?;
             report_saves(writer.finished(), control.as_deref_mut())?;
         }
         if outcome.stopping {
@@ -373,7 +380,7 @@ fn maybe_save<B: TrainBackend>(
     step: u64,
     stopping: bool,
     accuracy: Option<f64>,
-) {
+) -> Result<(), TrainError> {
     let started = Instant::now();
     let cfg = run.cfg;
     let every = cfg.checkpoint.every_steps;
@@ -384,7 +391,7 @@ fn maybe_save<B: TrainBackend>(
     } else if every > 0 && step.is_multiple_of(every) {
         SaveReason::Periodic
     } else {
-        return;
+        return Ok(());
     };
     let position = run.position(step);
     let state = TrainState {
@@ -400,8 +407,24 @@ fn maybe_save<B: TrainBackend>(
         best_accuracy: run.best,
         nonfinite_streak: trainer.nonfinite_streak(),
     };
-    let data = checkpoint_data(trainer.model(), trainer.sgd(), state, cfg, &run.dataset.classes);
+    let model = state_dict(trainer.model());
+    // A resume point must be one: weights that are no longer numbers would be resumed forever.
+    if let Some((name, _)) = model.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
+        return Err(TrainError::NonFiniteWeights {
+            step,
+            tensor: name.clone(),
+        });
+    }
+    let data = checkpoint_data(
+        model,
+        trainer.sgd(),
+        trainer.model(),
+        state,
+        cfg,
+        &run.dataset.classes,
+    );
     writer.submit(data, reason, started);
+    Ok(())
 }
 
 fn write_resolved_config(cfg: &TrainConfig) -> Result<(), TrainError> {
@@ -506,8 +529,9 @@ fn to_bytes(dict: &StateDict) -> Vec<u8> {
 }
 
 fn checkpoint_data<B: TrainBackend>(
-    model: &SwinFc<B>,
+    weights: StateDict,
     sgd: &Sgd<B>,
+    model: &SwinFc<B>,
     state: TrainState,
     cfg: &TrainConfig,
     classes: &[String],
@@ -515,7 +539,7 @@ fn checkpoint_data<B: TrainBackend>(
     CheckpointData {
         state,
         files: vec![
-            (MODEL.into(), to_bytes(&state_dict(model))),
+            (MODEL.into(), to_bytes(&weights)),
             (OPTIMIZER.into(), to_bytes(&sgd.state_dict(model))),
             (CONFIG.into(), cfg.resolved_yaml().into_bytes()),
             (
