@@ -20,8 +20,7 @@ use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, PROBE_TRAIN_IMAGES, TrainStream, eval_shard,
     probe_train,
 };
-pub use swinfc_metrics::record::EvalResult;
-use swinfc_metrics::record::{CheckpointRecord, EvalRecord, Record, SkipReason, StepRecord};
+use swinfc_metrics::record::{CheckpointRecord, EvalRecord, EvalResult, Record, SkipReason, StepRecord};
 use swinfc_model::weights::{
     StateDict, WeightsError, load_pretrained, load_state_dict, safetensors_bytes, state_dict,
     state_dict_from_bytes,
