@@ -18,12 +18,35 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
-/// Why an image could not be read: a short `kind` (the key skipped files are counted by) and the
+/// Why an image could not be read: its `kind` (the key skipped files are counted by) and the
 /// decoder's detail.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeFailure {
-    pub kind: &'static str,
+    pub kind: DecodeKind,
     pub detail: String,
+}
+
+/// What kind of failure made an image unreadable. Few and coarse on purpose: the decoders word the
+/// same failure many ways, and skip counts are kept per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DecodeKind {
+    EmptyFile,
+    IoError,
+    UnknownFormat,
+    Truncated,
+    DecodeError,
+}
+
+impl fmt::Display for DecodeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecodeKind::EmptyFile => "empty file",
+            DecodeKind::IoError => "io error",
+            DecodeKind::UnknownFormat => "unknown format",
+            DecodeKind::Truncated => "truncated",
+            DecodeKind::DecodeError => "decode error",
+        })
+    }
 }
 
 impl fmt::Display for DecodeFailure {
@@ -33,7 +56,7 @@ impl fmt::Display for DecodeFailure {
 }
 
 impl DecodeFailure {
-    fn new(kind: &'static str, detail: impl Into<String>) -> Self {
+    fn new(kind: DecodeKind, detail: impl Into<String>) -> Self {
         DecodeFailure {
             kind,
             detail: detail.into(),
@@ -54,18 +77,21 @@ const FORMATS: &[ImageFormat] = &[
 /// Decode an encoded image held in memory.
 pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeFailure> {
     if bytes.is_empty() {
-        return Err(DecodeFailure::new("empty file", "0 bytes"));
+        return Err(DecodeFailure::new(DecodeKind::EmptyFile, "0 bytes"));
     }
     let format = image::guess_format(bytes)
         .ok()
         .filter(|f| FORMATS.contains(f))
         .ok_or_else(|| {
             let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            DecodeFailure::new("unknown format", format!("starts with {}", head.join(" ")))
+            DecodeFailure::new(
+                DecodeKind::UnknownFormat,
+                format!("starts with {}", head.join(" ")),
+            )
         })?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(DecodeFailure::new(
-            "truncated",
+            DecodeKind::Truncated,
             "JPEG: no end-of-image marker after the last scan",
         ));
     }
@@ -80,9 +106,9 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeFailure> {
             || detail.contains("No more bytes")
             || detail.contains("exhausted")
         {
-            "truncated"
+            DecodeKind::Truncated
         } else {
-            "decode error"
+            DecodeKind::DecodeError
         };
         DecodeFailure::new(kind, format!("{format:?}: {detail}"))
     })?;
@@ -117,7 +143,8 @@ fn to_rgb(img: DynamicImage) -> RgbImage {
 pub fn load(sample: &Sample) -> Result<RgbImage, DecodeFailure> {
     match &sample.source {
         Source::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| DecodeFailure::new("io error", e.to_string()))?;
+            let bytes =
+                std::fs::read(path).map_err(|e| DecodeFailure::new(DecodeKind::IoError, e.to_string()))?;
             decode_bytes(&bytes)
         }
         Source::Synthetic(key) => Ok(RgbImage {

@@ -18,7 +18,7 @@ use crate::DataError;
 use crate::augment::Pipeline;
 use crate::config::DataConfig;
 use crate::dataset::{Dataset, Split};
-use crate::decode::load;
+use crate::decode::{DecodeKind, load};
 use crate::sampler::SampleRef;
 
 /// A batch to produce: train samples (augmented) or test indices (resize + centre crop).
@@ -70,7 +70,7 @@ struct Shared {
 #[derive(Default)]
 struct Skips {
     logged: HashSet<String>,
-    by_reason: BTreeMap<String, u64>,
+    by_reason: BTreeMap<DecodeKind, u64>,
 }
 
 pub struct Loader {
@@ -151,8 +151,8 @@ impl Loader {
         self.wait_seconds
     }
 
-    /// Train files skipped so far, by reason kind (e.g. "truncated", "unknown format").
-    pub fn skip_counts(&self) -> BTreeMap<String, u64> {
+    /// Train files skipped so far, by kind of failure.
+    pub fn skip_counts(&self) -> BTreeMap<DecodeKind, u64> {
         lock(&self.shared.skips).by_reason.clone()
     }
 }
@@ -248,7 +248,7 @@ fn build(
             Err(e) if split == Split::Train => {
                 let path = sample.display_path();
                 let mut skips = lock(&shared.skips);
-                *skips.by_reason.entry(e.kind.to_string()).or_default() += 1;
+                *skips.by_reason.entry(e.kind).or_default() += 1;
                 if skips.logged.insert(path.clone()) {
                     tracing::warn!(path = %path, reason = %e, "skipping undecodable train image");
                 }

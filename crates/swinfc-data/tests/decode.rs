@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use swinfc_data::decode::{RgbImage, decode_bytes};
+use swinfc_data::decode::{DecodeKind, RgbImage, decode_bytes};
 
 /// The four 16×16 blocks of the CMYK fixtures (see tests/fixtures/README.md), as PIL 13 decodes
 /// them (exactly these values).
@@ -73,10 +73,10 @@ fn format_comes_from_magic_bytes_for_every_supported_format() {
 #[test]
 fn unreadable_files_say_why() {
     let e = decode_bytes(b"").unwrap_err();
-    assert_eq!(e.kind, "empty file");
+    assert_eq!(e.kind, DecodeKind::EmptyFile);
     let e = decode_bytes(b"<!DOCTYPE html><html>404</html>").unwrap_err();
-    assert_eq!(e.kind, "unknown format");
+    assert_eq!(e.kind, DecodeKind::UnknownFormat);
     assert!(e.detail.contains("3c 21 44 4f"), "{e}");
     let e = decode_bytes(&common::truncated_jpeg()).unwrap_err();
-    assert_eq!(e.kind, "truncated", "{e}");
+    assert_eq!(e.kind, DecodeKind::Truncated, "{e}");
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use swinfc_data::decode::DecodeKind;
 use swinfc_data::{Batch, BatchRequest, DataConfig, Dataset, Loader, TrainStream, open_dataset};
 
 fn config(yaml: &str) -> DataConfig {
@@ -135,7 +136,7 @@ fn bad_train_files_are_skipped_and_bad_test_files_fail() {
     assert!(loader.next().is_none());
     assert_eq!(
         loader.skip_counts().into_iter().collect::<Vec<_>>(),
-        [("empty file".to_string(), 1), ("truncated".to_string(), 1)]
+        [(DecodeKind::EmptyFile, 1), (DecodeKind::Truncated, 1)]
     );
 
     // Test: 1 jpeg, 4 rgba png, 6 jpeg all decode.

@@ -12,9 +12,11 @@ pub mod event;
 mod http;
 pub mod plot;
 pub mod record;
+mod seconds;
 mod telemetry;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use catalogue::{CATALOGUE, Kind, MetricSpec, RestartReason, RunState};
 pub use telemetry::{EVENTS_FILE, RUN_ID_FILE, RunInfo, TARGETS_FILE, Telemetry};
@@ -42,4 +44,9 @@ impl MetricsError {
             source,
         }
     }
+}
+
+/// A poisoned lock still holds valid counters: a panic elsewhere must not stop the metrics.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

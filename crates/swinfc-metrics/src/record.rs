@@ -22,7 +22,7 @@
 //!   `grad_norm` are already means over all ranks (they travel in the gradient all-reduce), `null`
 //!   when not finite; `nonfinite` is 1 when this step was skipped for a non-finite loss or gradient.
 //!   `samples` and everything timed are this rank's. `phases` add up to `seconds`. `skipped` counts
-//!   the training images this rank skipped since its previous step record, by the loader's reason
+//!   the training images this rank skipped since its previous step record, by [`SkipReason`]
 //!   (`empty file`, `io error`, `unknown format`, `truncated`, `decode error`).
 //! - `eval`: the same result on every rank (counts are all-reduced); `result` is `EvalResult`.
 //! - `checkpoint`: rank 0 only, when a background save finishes. `reason` is a [`SaveReason`]; `blocking_seconds` is how long training waited (copy to host and
@@ -58,7 +58,7 @@ pub struct StepRecord {
     pub allreduce_seconds: f64,
     pub allreduce_bytes: u64,
     #[serde(default)]
-    pub skipped: BTreeMap<String, u64>,
+    pub skipped: BTreeMap<SkipReason, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,11 +185,30 @@ impl SaveReason {
     }
 }
 
-/// The `reason` label of `swinfc_data_samples_skipped_total` for a loader skip reason.
-pub fn skip_reason(loader_reason: &str) -> &'static str {
-    match loader_reason {
-        "empty file" => "empty",
-        "io error" => "missing",
-        _ => "decode",
+/// Why the loader skipped a training image: the keys of [`StepRecord::skipped`]. Finer than the
+/// metric's label, so events.jsonl keeps what the decoder saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SkipReason {
+    #[serde(rename = "empty file")]
+    EmptyFile,
+    #[serde(rename = "io error")]
+    IoError,
+    #[serde(rename = "unknown format")]
+    UnknownFormat,
+    #[serde(rename = "truncated")]
+    Truncated,
+    #[serde(rename = "decode error")]
+    DecodeError,
+}
+
+impl SkipReason {
+    /// The `reason` label of `swinfc_data_samples_skipped_total`, one of
+    /// [`crate::catalogue::SKIP_REASONS`].
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::EmptyFile => "empty",
+            SkipReason::IoError => "missing",
+            SkipReason::UnknownFormat | SkipReason::Truncated | SkipReason::DecodeError => "decode",
+        }
     }
 }

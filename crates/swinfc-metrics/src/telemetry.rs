@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{Recorder, counter, gauge, histogram, with_local_recorder};
@@ -20,7 +20,9 @@ use crate::MetricsError;
 use crate::catalogue::*;
 use crate::event::{EvalEvent, Event, EventLine, StepEvent};
 use crate::http::{Server, reachable};
-use crate::record::{CheckpointRecord, EvalRecord, Record, SaveReason, StepRecord, skip_reason};
+use crate::lock;
+use crate::record::{CheckpointRecord, EvalRecord, Record, SaveReason, StepRecord};
+use crate::seconds::SecondsCounters;
 
 /// The file Prometheus' `file_sd_configs` reads this exporter's address from.
 pub const TARGETS_FILE: &str = "prometheus-targets.json";
@@ -97,7 +99,10 @@ impl Telemetry {
         }
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let seconds = Arc::new(SecondsCounters::new(&info));
+        let seconds = Arc::new(SecondsCounters::new(vec![
+            ("run_id", info.run_id.clone()),
+            ("experiment", info.experiment.clone()),
+        ]));
 
         let events_path = run_dir.join(EVENTS_FILE);
         let events = File::options()
@@ -216,7 +221,7 @@ impl Telemetry {
             histogram!(TRAIN_STEP_DURATION, "rank" => rank_label.clone()).record(r.seconds);
             counter!(ALLREDUCE_BYTES, "rank" => rank_label.clone()).increment(r.allreduce_bytes);
             for (reason, n) in &r.skipped {
-                counter!(DATA_SKIPPED, "rank" => rank_label.clone(), "reason" => skip_reason(reason))
+                counter!(DATA_SKIPPED, "rank" => rank_label.clone(), "reason" => reason.label())
                     .increment(*n);
             }
             gauge!(WORKER_LAST_PROGRESS, "rank" => rank_label.clone()).set(now);
@@ -447,10 +452,6 @@ fn set_state_gauges(state: RunState) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -473,64 +474,4 @@ fn render(handle: &PrometheusHandle, seconds: &SecondsCounters) -> String {
     let mut text = handle.render();
     seconds.render_into(&mut text);
     text
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-/// Counters of fractional seconds (see [`Kind::SecondsCounter`]), rendered in the exposition format.
-struct SecondsCounters {
-    global: Labels,
-    values: Mutex<BTreeMap<&'static str, BTreeMap<Labels, f64>>>,
-}
-
-impl SecondsCounters {
-    fn new(info: &RunInfo) -> Self {
-        SecondsCounters {
-            global: vec![
-                ("run_id", info.run_id.clone()),
-                ("experiment", info.experiment.clone()),
-            ],
-            values: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn add(&self, name: &'static str, labels: Labels, seconds: f64) {
-        // A clock step backwards must not make a counter decrease.
-        let seconds = if seconds.is_finite() {
-            seconds.max(0.0)
-        } else {
-            0.0
-        };
-        *lock(&self.values)
-            .entry(name)
-            .or_default()
-            .entry(labels)
-            .or_default() += seconds;
-    }
-
-    fn render_into(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        for (name, series) in lock(&self.values).iter() {
-            let help = spec_of(name).map_or("", |s| s.help);
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (labels, value) in series {
-                let pairs: Vec<String> = self
-                    .global
-                    .iter()
-                    .chain(labels)
-                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                    .collect();
-                let _ = writeln!(out, "{name}{{{}}} {value}", pairs.join(","));
-            }
-            out.push('\n');
-        }
-    }
-}
-
-/// Label value escaping of the text exposition format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

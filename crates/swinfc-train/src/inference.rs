@@ -15,10 +15,11 @@ use swinfc_data::open_dataset;
 use swinfc_model::SwinFc;
 use swinfc_model::weights::{load_state_dict, read_state_dict};
 
+use crate::EvalResult;
 use crate::RunDir;
 use crate::checkpoint::{CLASSES, CONFIG, MODEL, latest_valid, verify};
 use crate::config::TrainConfig;
-use crate::trainer::{EvalResult, TrainError, evaluate};
+use crate::trainer::{TrainError, evaluate};
 
 type B = Autodiff<Flex>;
 

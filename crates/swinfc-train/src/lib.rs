@@ -4,7 +4,6 @@
 //! Owns: everything a worker process does with a model replica. Must not: spawn processes or
 //! handle signals (the launcher does), or open listening ports.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod inference;
@@ -18,5 +17,8 @@ pub mod worker;
 pub use config::TrainConfig;
 pub use run_dir::{RunDir, RunDirError, RunDirLock};
 pub use step::{Losses, StepConfig, StepOutcome, Trainer};
-pub use trainer::{EvalResult, Resume, RunSummary, TrainError, train};
+/// What [`trainer::evaluate`] returns. Defined in swinfc-metrics because it travels in the eval
+/// record to the launcher, and swinfc-metrics cannot depend on this crate.
+pub use swinfc_metrics::record::EvalResult;
+pub use trainer::{Resume, RunSummary, TrainError, train};
 pub use worker::{run_local, run_worker};

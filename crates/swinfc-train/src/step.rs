@@ -29,7 +29,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use swinfc_comm::Collective;
 use swinfc_data::{Batch, DataError};
-use swinfc_metrics::record::{LearningRates, LossComponents, Phases, StepRecord};
+use swinfc_metrics::record::{LearningRates, LossComponents, Phases, SkipReason, StepRecord};
 use swinfc_model::drop_path::splitmix64;
 use swinfc_model::{LossConfig, LossParts, SwinFc, TrainBackend, swinfc_loss};
 use tracing::warn;
@@ -155,7 +155,7 @@ impl StepOutcome {
         &self,
         epoch: u64,
         epoch_progress_ratio: f64,
-        skipped: BTreeMap<String, u64>,
+        skipped: BTreeMap<SkipReason, u64>,
     ) -> StepRecord {
         let l = &self.losses;
         StepRecord {
@@ -473,7 +473,7 @@ mod tests {
             allreduce_seconds: 0.25,
             allreduce_bytes: 40,
         };
-        let r = outcome.record(1, 0.5, BTreeMap::from([("truncated".to_string(), 2)]));
+        let r = outcome.record(1, 0.5, BTreeMap::from([(SkipReason::Truncated, 2)]));
         assert_eq!(
             (r.step, r.samples, r.epoch, r.epoch_progress_ratio),
             (3, 8, 1, 0.5)
@@ -493,7 +493,11 @@ mod tests {
         assert_eq!((r.lr.backbone, r.lr.new, r.grad_norm), (0.1, 0.2, Some(7.0)));
         assert_eq!((r.nonfinite, r.seconds, r.phases.grad_sync), (1, 1.5, 0.4));
         assert_eq!(
-            (r.allreduce_seconds, r.allreduce_bytes, r.skipped["truncated"]),
+            (
+                r.allreduce_seconds,
+                r.allreduce_bytes,
+                r.skipped[&SkipReason::Truncated]
+            ),
             (0.25, 40, 2)
         );
     }

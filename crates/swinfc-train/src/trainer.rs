@@ -15,12 +15,12 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 pub use swinfc_comm::Resume;
 use swinfc_comm::{Collective, CommError, ControlClient, Phase, ServerCommand};
+use swinfc_data::decode::DecodeKind;
 use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, PROBE_TRAIN_IMAGES, TrainStream, eval_shard,
     probe_train,
 };
-pub use swinfc_metrics::record::EvalResult;
-use swinfc_metrics::record::{CheckpointRecord, EvalRecord, Record, StepRecord};
+use swinfc_metrics::record::{CheckpointRecord, EvalRecord, EvalResult, Record, SkipReason, StepRecord};
 use swinfc_model::weights::{
     StateDict, WeightsError, load_pretrained, load_state_dict, safetensors_bytes, state_dict,
     state_dict_from_bytes,
@@ -240,7 +240,7 @@ struct Run<'a> {
     best: Option<f64>,
     last_eval: Option<EvalResult>,
     /// Loader skip counts already reported: records carry what was skipped since the previous one.
-    skips_reported: BTreeMap<String, u64>,
+    skips_reported: BTreeMap<DecodeKind, u64>,
 }
 
 impl<'a> Run<'a> {
@@ -286,20 +286,34 @@ impl<'a> Run<'a> {
     }
 
     /// The step's record, given the loader's skip counts so far.
-    fn step_record(&mut self, outcome: &StepOutcome, skips: BTreeMap<String, u64>) -> StepRecord {
+    fn step_record(&mut self, outcome: &StepOutcome, skips: BTreeMap<DecodeKind, u64>) -> StepRecord {
         let position = self.position(outcome.step);
         let train_len = self.stream.train_len().max(1) as u64;
-        let skipped = skips
-            .iter()
-            .map(|(reason, n)| (reason.clone(), n - self.skips_reported.get(reason).unwrap_or(&0)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
+        let mut skipped = BTreeMap::new();
+        for (&kind, n) in &skips {
+            let new = n - self.skips_reported.get(&kind).unwrap_or(&0);
+            if new > 0 {
+                *skipped.entry(skip_reason(kind)).or_default() += new;
+            }
+        }
         self.skips_reported = skips;
         outcome.record(
             self.stream.epoch_of(position),
             (position % train_len) as f64 / train_len as f64,
             skipped,
         )
+    }
+}
+
+/// The record's reason for an image the loader could not read. The two crates do not know each
+/// other; this match is their only link, so a kind added to either is a compile error here.
+fn skip_reason(kind: DecodeKind) -> SkipReason {
+    match kind {
+        DecodeKind::EmptyFile => SkipReason::EmptyFile,
+        DecodeKind::IoError => SkipReason::IoError,
+        DecodeKind::UnknownFormat => SkipReason::UnknownFormat,
+        DecodeKind::Truncated => SkipReason::Truncated,
+        DecodeKind::DecodeError => SkipReason::DecodeError,
     }
 }
 

@@ -88,7 +88,7 @@ fn on_cuda(
 
 /// GPU 0, set up for `precision`. Call it before any tensor exists on the GPU.
 #[cfg(feature = "cuda")]
-pub(crate) fn cuda_device(precision: Precision) -> Result<burn::backend::cuda::CudaDevice, ConfigError> {
+pub fn cuda_device(precision: Precision) -> Result<burn::backend::cuda::CudaDevice, ConfigError> {
     use burn::backend::{Cuda, cuda::CudaDevice};
     use burn::tensor::{FloatDType, IntDType, set_default_dtypes};
 

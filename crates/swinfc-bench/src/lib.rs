@@ -1,7 +1,12 @@
+//! Benchmarks run by hand (`swinfc bench`, docs/benchmarks.md).
+//!
 //! `swinfc bench train-step`: the time of training steps on one worker (world size 1, so no
 //! network time) on a fixed random batch. It runs [`Trainer::train_step`], the step
-//! [`crate::train`] runs, in its profiling mode, so each phase is what training spends on it per
-//! micro-batch.
+//! [`swinfc_train::train`] runs, in its profiling mode, so each phase is what training spends on
+//! it per micro-batch. `swinfc bench ops`: the ops that step spends its time in, one at a time.
+//!
+//! Owns: the benchmark settings, timing and reports. Must not: train, read a dataset, or change
+//! the step it times — it calls swinfc-train's, so a bench measures exactly what training runs.
 
 use std::time::Instant;
 
@@ -16,11 +21,11 @@ use swinfc_model::drop_path::splitmix64;
 use swinfc_model::fused::{gelu, layer_norm, softmax};
 use swinfc_model::{ConfigError, LossConfig, ModelConfig, SwinFc, TrainBackend, model_and_loss_from_yaml};
 
-use crate::config::{Precision, TrainSection};
-use crate::optim::{FlatLayout, Sgd};
-use crate::step::{StepConfig, Trainer};
-use crate::sync::GradSync;
-use crate::trainer::TrainError;
+use swinfc_train::TrainError;
+use swinfc_train::config::{Precision, TrainSection};
+use swinfc_train::optim::{FlatLayout, Sgd};
+use swinfc_train::step::{StepConfig, Trainer};
+use swinfc_train::sync::GradSync;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -49,7 +54,7 @@ pub struct BenchReport {
     pub step_seconds_p10: f64,
     pub step_seconds_p90: f64,
     pub images_per_second: f64,
-    /// Median of each phase over the timed steps (their meaning: [`crate::step`]).
+    /// Median of each phase over the timed steps (their meaning: [`swinfc_train::step`]).
     pub phases_median: Phases,
     /// Total loss and gradient norm of the last step: finite values show the step did real work.
     pub last_loss: f32,
@@ -135,7 +140,7 @@ pub fn train_step_cuda(
     settings: &BenchSettings,
 ) -> Result<BenchReport, TrainError> {
     use burn::backend::{Autodiff, Cuda};
-    let device = crate::worker::cuda_device(settings.precision)?;
+    let device = swinfc_train::worker::cuda_device(settings.precision)?;
     let grad_sync = GradSync::Device(Box::new(LocalCollective));
     train_step::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, grad_sync, &device)
 }
