@@ -51,11 +51,76 @@ pub(crate) fn file_error(path: &Path, message: impl ToString) -> WeightsError {
 /// Non-float tensors (timm's index buffers) are left out; nested dicts come back dot-joined.
 pub fn read_state_dict(path: &Path) -> Result<StateDict, WeightsError> {
     let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
-    let is_zip_or_pickle = bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80);
-    if is_zip_or_pickle {
-        read_pytorch(path)
-    } else {
-        read_safetensors(path, &bytes)
+    let dict = match WeightsFormat::of(&bytes) {
+        WeightsFormat::Safetensors => read_safetensors(path, &bytes)?,
+        WeightsFormat::PytorchZip => read_pytorch(path).map_err(|e| {
+            file_error(
+                path,
+                format!("read as a PyTorch zip file (torch.save): {}", reason(e)),
+            )
+        })?,
+        WeightsFormat::PytorchPickle { protocol } => read_pytorch(path).map_err(|e| {
+            file_error(
+                path,
+                format!(
+                    "read as a legacy PyTorch pickle (protocol {protocol}, torch.save with \
+                     _use_new_zipfile_serialization=False): {}; re-save it with torch.save's \
+                     default zip format",
+                    reason(e)
+                ),
+            )
+        })?,
+        WeightsFormat::Unknown => {
+            let head = &bytes[..bytes.len().min(8)];
+            return Err(file_error(
+                path,
+                format!(
+                    "neither safetensors (an 8-byte header length, then a JSON header) nor a PyTorch \
+                     file (a zip archive, or a pickle starting 0x80): the first bytes are {head:02x?}"
+                ),
+            ));
+        }
+    };
+    if dict.is_empty() {
+        return Err(file_error(
+            path,
+            "holds no floating-point tensor: nothing to load",
+        ));
+    }
+    Ok(dict)
+}
+
+/// A file error's message without its path, to be put in a message that names the path once.
+fn reason(e: WeightsError) -> String {
+    match e {
+        WeightsError::File { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+/// What a weights file is, from its first bytes (not its name).
+enum WeightsFormat {
+    Safetensors,
+    PytorchZip,
+    PytorchPickle { protocol: u8 },
+    Unknown,
+}
+
+impl WeightsFormat {
+    fn of(bytes: &[u8]) -> WeightsFormat {
+        let header_len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let fits = header_len.is_some_and(|n| n.checked_add(8).is_some_and(|end| end <= bytes.len() as u64));
+        if fits && bytes.get(8) == Some(&b'{') {
+            WeightsFormat::Safetensors
+        } else if bytes.starts_with(b"PK\x03\x04") {
+            WeightsFormat::PytorchZip
+        } else if let [0x80, protocol @ 2..=5, ..] = bytes {
+            WeightsFormat::PytorchPickle { protocol: *protocol }
+        } else {
+            WeightsFormat::Unknown
+        }
     }
 }
 

@@ -117,3 +117,30 @@ fn a_pth_that_claims_more_values_than_it_holds_is_refused_naming_the_tensor() {
     assert!(err.contains("[100000, 100000]"), "{err}");
     assert!(err.contains("the file lies about this tensor"), "{err}");
 }
+
+/// Files that are not what they seem are refused saying what each was taken for and why
+/// (tests/fixtures/make_hostile.py): garbage named .pth, a legacy pickle of protocol 4, and a
+/// safetensors file without a float tensor (it used to import as zero tensors, exit 0).
+#[test]
+fn a_weights_file_is_rejected_saying_what_it_was_read_as_and_why() {
+    let hostile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hostile");
+    for (file, wants) in [
+        (
+            "garbage.pth",
+            ["neither safetensors", "nor a PyTorch file", "[07, 08, 09"],
+        ),
+        (
+            "pickle4.pth",
+            ["legacy PyTorch pickle (protocol 4", "0x95", "default zip format"],
+        ),
+        (
+            "int64.safetensors",
+            ["holds no floating-point tensor", "int64", "safetensors"],
+        ),
+    ] {
+        let err = read_state_dict(&hostile.join(file)).unwrap_err().to_string();
+        for want in wants {
+            assert!(err.contains(want), "{file}: want `{want}` in: {err}");
+        }
+    }
+}
