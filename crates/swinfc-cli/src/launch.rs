@@ -20,7 +20,8 @@ use swinfc_train::Resume;
 )]
 #[command(group(ArgGroup::new("devices").required(true).args(["gpus", "cpu"])))]
 struct Cli {
-    /// One worker per GPU: a count (`4`) or a list of device indices (`0,2,3`).
+    /// One worker per GPU: a count (`4`) or a list of device indices (`0,2,3`), counted among
+    /// the devices this launcher sees (its own CUDA_VISIBLE_DEVICES, if set, is mapped through).
     #[arg(long)]
     gpus: Option<String>,
     /// This many CPU workers, sharing the cores.

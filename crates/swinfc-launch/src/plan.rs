@@ -21,6 +21,8 @@ pub struct Plan {
     pub experiment: String,
     /// Threads each CPU worker may use, so workers don't fight over cores.
     pub threads_per_worker: usize,
+    /// The `CUDA_VISIBLE_DEVICES` of each GPU worker, by local rank (empty for CPU workers).
+    pub worker_gpus: Vec<String>,
 }
 
 impl Plan {
@@ -62,7 +64,17 @@ impl Plan {
             (None, None) => new_run_id(&experiment),
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let worker_gpus = match &opts.devices {
+            Devices::Gpus(ids) => {
+                let inherited = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+                ids.iter()
+                    .map(|&i| worker_gpu(inherited.as_deref(), i))
+                    .collect::<Result<_, _>>()?
+            }
+            Devices::Cpu(_) => Vec::new(),
+        };
         Ok(Plan {
+            worker_gpus,
             threads_per_worker: opts
                 .threads_per_worker
                 .unwrap_or((cores / opts.devices.count()).max(1)),
@@ -179,6 +191,23 @@ fn check_gpus(devices: &Devices) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// The `CUDA_VISIBLE_DEVICES` of the worker on device `index` as CUDA numbers the launcher's
+/// devices: the launcher's own entry at that index when it was given a list (a Slurm job allotted
+/// GPUs 2,3 sees them as 0 and 1, and its workers must get 2 and 3, not someone else's 0 and 1),
+/// else the index itself.
+fn worker_gpu(inherited: Option<&str>, index: usize) -> Result<String, LaunchError> {
+    let Some(list) = inherited else {
+        return Ok(index.to_string());
+    };
+    let entries: Vec<&str> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    entries.get(index).map(|e| e.to_string()).ok_or_else(|| {
+        LaunchError::Usage(format!(
+            "--gpus: device {index} is not among this job's CUDA_VISIBLE_DEVICES={list} (--gpus \
+             counts the visible devices from 0)"
+        ))
+    })
+}
+
 fn persisted_run_id(dir: &RunDir) -> Option<String> {
     let id = std::fs::read_to_string(dir.run_id()).ok()?;
     let id = id.trim();
@@ -192,4 +221,21 @@ fn new_run_id(experiment: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("{experiment}-{secs}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_gpu;
+
+    #[test]
+    fn gpu_workers_get_the_jobs_own_devices() {
+        assert_eq!(worker_gpu(None, 1).unwrap(), "1");
+        assert_eq!(worker_gpu(Some("2,3"), 0).unwrap(), "2");
+        assert_eq!(worker_gpu(Some(" 2, 3 "), 1).unwrap(), "3");
+        let uuid = "GPU-5b2c1e3a-0000-4000-8000-000000000001";
+        assert_eq!(worker_gpu(Some(uuid), 0).unwrap(), uuid);
+        let err = worker_gpu(Some("2,3"), 2).unwrap_err().to_string();
+        assert!(err.contains("CUDA_VISIBLE_DEVICES=2,3"), "{err}");
+        assert!(worker_gpu(Some(""), 0).is_err());
+    }
 }

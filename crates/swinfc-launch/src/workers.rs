@@ -70,8 +70,8 @@ impl Group {
             cmd.arg("--resume").arg(round.resume.to_string());
             cmd.envs(identity.to_env()).env("NO_COLOR", "1");
             match &plan.devices {
-                Devices::Gpus(ids) => {
-                    cmd.env("CUDA_VISIBLE_DEVICES", ids[local_rank].to_string());
+                Devices::Gpus(_) => {
+                    cmd.env("CUDA_VISIBLE_DEVICES", &plan.worker_gpus[local_rank]);
                 }
                 Devices::Cpu(_) => {
                     let threads = plan.threads_per_worker.to_string();
