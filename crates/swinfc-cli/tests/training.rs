@@ -38,6 +38,16 @@ fn swinfc(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Asserts that `out` is a failed run (exit 1) whose stderr contains each of `wants`; its stderr.
+fn fails_with(out: &Output, wants: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for want in wants {
+        assert!(stderr.contains(want), "want `{want}` in:\n{stderr}");
+    }
+    stderr
+}
+
 fn train_local(config: &Path, extra: &[&str]) {
     let mut args = vec!["train", config.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -358,11 +368,9 @@ fn an_unreadable_image_in_a_micro_batch_of_one_is_skipped() {
 fn a_dataset_with_no_readable_train_image_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = train_cub(dir.path(), &[0, 1, 2, 3, 4, 5]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("none of the 6 train images sampled before training could be read"),
-        "{stderr}"
+    fails_with(
+        &out,
+        &["none of the 6 train images sampled before training could be read"],
     );
 }
 
@@ -376,16 +384,13 @@ fn a_final_checkpoint_that_cannot_be_written_fails_the_run() {
     std::fs::create_dir_all(dir.path().join("run")).unwrap();
     std::fs::write(dir.path().join("run/checkpoints"), b"in the way").unwrap();
     let out = swinfc(&["train", cfg.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("checkpoint write failed; retrying"), "{stderr}");
-    assert!(
-        stderr.contains("checkpoint failed; the previous one is intact"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("the final checkpoint of step 6 could not be written"),
-        "{stderr}"
+    fails_with(
+        &out,
+        &[
+            "checkpoint write failed; retrying",
+            "checkpoint failed; the previous one is intact",
+            "the final checkpoint of step 6 could not be written",
+        ],
     );
 }
 
@@ -405,11 +410,9 @@ fn a_fresh_start_keeps_an_earlier_runs_checkpoints_unless_told_to_overwrite() {
         "--set",
         "run.seed=6",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("already holds checkpoints of an earlier run (newest step-00000006)"),
-        "{stderr}"
+    fails_with(
+        &out,
+        &["already holds checkpoints of an earlier run (newest step-00000006)"],
     );
     assert_eq!(model_bytes(dir.path(), 6), before);
     assert!(dir.path().join("run/checkpoints/step-00000003").exists());
@@ -480,11 +483,9 @@ fn the_launcher_refuses_a_model_with_fewer_classes_than_the_dataset_before_start
         .args(["--set", &data, "--set", "model.num_classes=1"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("model.num_classes: 1 is fewer than the dataset's 2 classes"),
-        "{stderr}"
+    let stderr = fails_with(
+        &out,
+        &["model.num_classes: 1 is fewer than the dataset's 2 classes"],
     );
     assert!(
         !dir.path().join("run/logs").exists(),
@@ -509,10 +510,10 @@ fn a_permanent_worker_error_is_not_retried() {
         .args(["--set", &data, "--set", "model.num_classes=2"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("none of the 6 train images sampled"), "{stderr}");
-    assert!(stderr.contains("a restart cannot fix"), "{stderr}");
+    let stderr = fails_with(
+        &out,
+        &["none of the 6 train images sampled", "a restart cannot fix"],
+    );
     assert!(dir.path().join("run/logs/attempt-1").exists());
     assert!(
         !dir.path().join("run/logs/attempt-2").exists(),
@@ -529,9 +530,7 @@ fn eval_on_a_torn_checkpoint_names_the_file_and_the_check() {
     let step6 = dir.path().join("run/checkpoints/step-00000006");
     std::fs::write(step6.join("model.safetensors"), b"torn").unwrap();
     let out = swinfc(&["eval", "--checkpoint", step6.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("model.safetensors"), "{stderr}");
+    fails_with(&out, &["model.safetensors"]);
 }
 
 /// Weights that hold a NaN (here from a pretrained file) are never committed as a resume point:
@@ -555,11 +554,6 @@ fn a_checkpoint_is_never_written_from_non_finite_weights() {
     let fresh = tempfile::tempdir().unwrap();
     let set = format!("train.pretrained={}", pretrained.display());
     let out = swinfc(&["train", config(fresh.path()).to_str().unwrap(), "--set", &set]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("`branch_head.s2.fc.bias` holds a non-finite value"),
-        "{stderr}"
-    );
+    fails_with(&out, &["`branch_head.s2.fc.bias` holds a non-finite value"]);
     assert!(!fresh.path().join("run/checkpoints/step-00000003").exists());
 }
