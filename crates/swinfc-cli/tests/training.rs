@@ -557,3 +557,25 @@ fn a_checkpoint_is_never_written_from_non_finite_weights() {
     fails_with(&out, &["`branch_head.s2.fc.bias` holds a non-finite value"]);
     assert!(!fresh.path().join("run/checkpoints/step-00000003").exists());
 }
+
+/// A relative run.dir is stored resolved: the run's config.yaml names the absolute directory, so
+/// eval or a resume from another working directory finds the same run.
+#[test]
+fn relative_paths_are_stored_absolute_in_the_resolved_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, CONFIG.replace("RUN_DIR", "relative-run")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_swinfc"))
+        .args(["train", "config.yaml", "--set", "train.total_steps=1"])
+        .current_dir(dir.path())
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resolved = std::fs::read_to_string(dir.path().join("relative-run/config.yaml")).unwrap();
+    let absolute = dir.path().join("relative-run");
+    assert!(
+        resolved.contains(&format!("dir: {}", absolute.display())),
+        "{resolved}"
+    );
+}

@@ -106,6 +106,8 @@ impl TrainConfig {
         for item in overrides {
             apply_override(&mut doc, item)?;
         }
+        absolutize(&mut doc, ["run", "dir"])?;
+        absolutize(&mut doc, ["data", "root"])?;
         Self::from_yaml(doc)
     }
 
@@ -323,6 +325,18 @@ impl TrainConfig {
     pub fn hash(&self) -> String {
         hex::encode(Sha256::digest(self.resolved_yaml().as_bytes()))
     }
+}
+
+/// Makes the path at `section.key` absolute (against the working directory), so the resolved
+/// config a run stores means the same wherever it is read from (eval, a resume from elsewhere).
+fn absolutize(doc: &mut Value, [section, key]: [&str; 2]) -> Result<(), ConfigError> {
+    let Some(Value::String(path)) = doc.get_mut(section).and_then(|s| s.get_mut(key)) else {
+        return Ok(());
+    };
+    let absolute = std::path::absolute(&*path)
+        .map_err(|e| ConfigError::new(format!("{section}.{key}"), format!("{path}: {e}")))?;
+    *path = absolute.to_string_lossy().into_owned();
+    Ok(())
 }
 
 /// `a.b.c=value`: sets that key (creating mappings on the way); the value is parsed as YAML.
