@@ -324,13 +324,34 @@ fn cub_with_unreadable(root: &Path, unreadable: &[usize]) {
     std::fs::write(d.join("classes.txt"), "1 001.Bird_1\n2 002.Bird_2\n").unwrap();
 }
 
-/// Train 4 steps of micro-batch 1 (global batch 2) on the CUB layout above.
-fn train_cub(dir: &Path, unreadable: &[usize]) -> Output {
+/// Writes the CUB layout above under `dir/cub` and returns the `--set` that trains on it.
+fn cub_data(dir: &Path, unreadable: &[usize]) -> String {
     cub_with_unreadable(&dir.join("cub"), unreadable);
-    let data = format!(
+    format!(
         "data={{dataset: cub, root: {}, resize: 36, crop: 32, num_threads: 1}}",
         dir.join("cub").display()
-    );
+    )
+}
+
+/// `swinfc-launch --cpu 2` of the test config on the CUB layout above, with `model.num_classes`.
+fn launch_cub(dir: &Path, unreadable: &[usize], num_classes: usize) -> Output {
+    let data = cub_data(dir, unreadable);
+    Command::new(env!("CARGO_BIN_EXE_swinfc-launch"))
+        .args(["--cpu", "2"])
+        .arg(config(dir))
+        .args([
+            "--set",
+            &data,
+            "--set",
+            &format!("model.num_classes={num_classes}"),
+        ])
+        .output()
+        .unwrap()
+}
+
+/// Train 4 steps of micro-batch 1 (global batch 2) on the CUB layout above.
+fn train_cub(dir: &Path, unreadable: &[usize]) -> Output {
+    let data = cub_data(dir, unreadable);
     swinfc(&[
         "train",
         config(dir).to_str().unwrap(),
@@ -472,17 +493,7 @@ fn a_run_directory_in_use_is_refused_and_a_dead_holders_lock_is_not_a_lock() {
 #[test]
 fn the_launcher_refuses_a_model_with_fewer_classes_than_the_dataset_before_starting_workers() {
     let dir = tempfile::tempdir().unwrap();
-    cub_with_unreadable(&dir.path().join("cub"), &[]);
-    let data = format!(
-        "data={{dataset: cub, root: {}, resize: 36, crop: 32, num_threads: 1}}",
-        dir.path().join("cub").display()
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_swinfc-launch"))
-        .args(["--cpu", "2"])
-        .arg(config(dir.path()))
-        .args(["--set", &data, "--set", "model.num_classes=1"])
-        .output()
-        .unwrap();
+    let out = launch_cub(dir.path(), &[], 1);
     let stderr = fails_with(
         &out,
         &["model.num_classes: 1 is fewer than the dataset's 2 classes"],
@@ -499,17 +510,7 @@ fn the_launcher_refuses_a_model_with_fewer_classes_than_the_dataset_before_start
 #[test]
 fn a_permanent_worker_error_is_not_retried() {
     let dir = tempfile::tempdir().unwrap();
-    cub_with_unreadable(&dir.path().join("cub"), &[0, 1, 2, 3, 4, 5]);
-    let data = format!(
-        "data={{dataset: cub, root: {}, resize: 36, crop: 32, num_threads: 1}}",
-        dir.path().join("cub").display()
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_swinfc-launch"))
-        .args(["--cpu", "2"])
-        .arg(config(dir.path()))
-        .args(["--set", &data, "--set", "model.num_classes=2"])
-        .output()
-        .unwrap();
+    let out = launch_cub(dir.path(), &[0, 1, 2, 3, 4, 5], 2);
     let stderr = fails_with(
         &out,
         &["none of the 6 train images sampled", "a restart cannot fix"],
