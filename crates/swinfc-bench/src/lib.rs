@@ -15,11 +15,12 @@ use burn::tensor::{Distribution, Tensor};
 use serde::Serialize;
 use serde_yaml::Value;
 use swinfc_comm::LocalCollective;
+use swinfc_config::{ConfigError, Section};
 use swinfc_data::Batch;
 use swinfc_metrics::record::Phases;
 use swinfc_model::drop_path::splitmix64;
 use swinfc_model::fused::{gelu, layer_norm, softmax};
-use swinfc_model::{ConfigError, LossConfig, ModelConfig, SwinFc, TrainBackend, model_and_loss_from_yaml};
+use swinfc_model::{LossConfig, ModelConfig, SwinFc, TrainBackend, model_and_loss_from_yaml};
 
 use swinfc_train::TrainError;
 use swinfc_train::config::{Precision, TrainSection};
@@ -65,14 +66,10 @@ pub struct BenchReport {
 /// bench config needs no `data:` or `run:` section).
 pub fn config_from_yaml(doc: &Value) -> Result<(ModelConfig, LossConfig, usize), ConfigError> {
     let (model, loss) = model_and_loss_from_yaml(doc)?;
-    let micro_batch = doc
-        .get("train")
-        .and_then(|t| t.get("micro_batch"))
-        .ok_or_else(|| ConfigError::new("train.micro_batch", "missing"))?
-        .as_u64()
-        .filter(|&b| b > 0)
-        .ok_or_else(|| ConfigError::new("train.micro_batch", "expected a positive integer"))?;
-    Ok((model, loss, micro_batch as usize))
+    // Only `micro_batch` is read, so `finish` (unknown keys) is left to a training run's parse.
+    let mut train = Section::new(doc.get("train"), "train")?;
+    let micro_batch: std::num::NonZeroUsize = train.required("micro_batch")?;
+    Ok((model, loss, micro_batch.get()))
 }
 
 impl BenchReport {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use swinfc_bench::{self as bench, BenchSettings};
+use swinfc_config::read_document;
 use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, TrainBackend, model_and_loss_from_yaml};
@@ -285,9 +286,7 @@ fn report(summary: RunSummary) {
 }
 
 fn read_config(path: &Path) -> Result<(ModelConfig, LossConfig)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let doc = read_document(path, &[])?;
     model_and_loss_from_yaml(&doc).with_context(|| format!("in {}", path.display()))
 }
 
@@ -320,10 +319,7 @@ fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
+    let doc = read_document(&args.config, &[])?;
     let (model_cfg, loss_cfg, micro_batch) =
         bench::config_from_yaml(&doc).with_context(|| format!("in {}", args.config.display()))?;
     let settings = BenchSettings {
@@ -431,9 +427,7 @@ fn log_reports(convert: &ConvertReport, load: &LoadReport) {
 }
 
 fn data_check(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let doc = read_document(path, &[])?;
     let section = doc
         .get("data")
         .with_context(|| format!("{}: no `data:` section", path.display()))?;

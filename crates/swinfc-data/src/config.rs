@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use serde_yaml::Value;
-
-use crate::DataError;
+use swinfc_config::{ConfigError, Section};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatasetKind {
@@ -42,6 +41,12 @@ impl DatasetKind {
 }
 
 impl WebfgSubset {
+    pub const ALL: [WebfgSubset; 3] = [
+        WebfgSubset::WebBird,
+        WebfgSubset::WebCar,
+        WebfgSubset::WebAircraft,
+    ];
+
     /// The folder name the tarball extracts to.
     pub fn dir_name(self) -> &'static str {
         match self {
@@ -89,119 +94,58 @@ pub struct DataConfig {
     pub synthetic: Option<SyntheticConfig>,
 }
 
-const COMMON_KEYS: &[&str] = &[
-    "dataset",
-    "root",
-    "subset",
-    "resize",
-    "crop",
-    "rotation_deg",
-    "num_threads",
-    "prefetch",
-];
-const SYNTHETIC_KEYS: &[&str] = &["classes", "train_per_class", "test_per_class", "img_size", "seed"];
+/// The keys only `dataset: synthetic` reads.
+const SYNTHETIC_KEYS: [&str; 5] = ["classes", "train_per_class", "test_per_class", "img_size", "seed"];
 
 impl DataConfig {
     /// Parse the `data:` section. Unknown keys and bad values are errors naming the dotted key.
-    pub fn from_yaml(section: &Value) -> Result<Self, DataError> {
-        let map = section
-            .as_mapping()
-            .ok_or_else(|| DataError::config("data", "expected a mapping"))?;
-        for key in map.keys() {
-            let name = key
-                .as_str()
-                .ok_or_else(|| DataError::config("data", format!("non-string key {key:?}")))?;
-            if !COMMON_KEYS.contains(&name) && !SYNTHETIC_KEYS.contains(&name) {
-                return Err(DataError::config(
-                    &format!("data.{name}"),
-                    "unknown key".to_string(),
-                ));
-            }
-        }
-        let get = |k: &str| map.get(k);
+    pub fn from_yaml(section: &Value) -> Result<Self, ConfigError> {
+        let mut s = Section::new(Some(section), "data")?;
+        let dataset = s
+            .choice("dataset", &DatasetKind::ALL.map(|kind| (kind.name(), kind)))?
+            .ok_or_else(|| s.error("dataset", "missing"))?;
 
-        let dataset = match get("dataset") {
-            None => return Err(DataError::config("data.dataset", "missing")),
-            Some(v) => DatasetKind::ALL
-                .into_iter()
-                .find(|k| v.as_str() == Some(k.name()))
-                .ok_or_else(|| {
-                    DataError::config(
-                        "data.dataset",
-                        format!("expected cub, nabirds, webfg or synthetic, got {}", show(v)),
-                    )
-                })?,
-        };
-
-        let root = match get("root") {
-            None => None,
-            Some(v) => Some(PathBuf::from(v.as_str().ok_or_else(|| {
-                DataError::config("data.root", format!("expected a path, got {}", show(v)))
-            })?)),
-        };
+        let root: Option<PathBuf> = s.take("root")?;
         match (dataset, &root) {
             (DatasetKind::Synthetic, Some(_)) => {
-                return Err(DataError::config("data.root", "not used by dataset synthetic"));
+                return Err(s.error("root", "not used by dataset synthetic"));
             }
             (DatasetKind::Synthetic, None) | (_, Some(_)) => {}
-            (_, None) => return Err(DataError::config("data.root", "missing")),
+            (_, None) => return Err(s.error("root", "missing")),
         }
 
-        let subset = match get("subset") {
-            None => None,
-            Some(v) => Some(match v.as_str() {
-                Some("web-bird") => WebfgSubset::WebBird,
-                Some("web-car") => WebfgSubset::WebCar,
-                Some("web-aircraft") => WebfgSubset::WebAircraft,
-                _ => {
-                    return Err(DataError::config(
-                        "data.subset",
-                        format!("expected web-bird, web-car or web-aircraft, got {}", show(v)),
-                    ));
-                }
-            }),
-        };
+        let subset = s.choice(
+            "subset",
+            &WebfgSubset::ALL.map(|subset| (subset.dir_name(), subset)),
+        )?;
         match (dataset, subset) {
             (DatasetKind::Webfg, None) => {
-                return Err(DataError::config(
-                    "data.subset",
-                    "missing (web-bird, web-car or web-aircraft)",
-                ));
+                return Err(s.error("subset", "missing (web-bird, web-car or web-aircraft)"));
             }
             (DatasetKind::Webfg, Some(_)) | (_, None) => {}
-            (_, Some(_)) => {
-                return Err(DataError::config("data.subset", "only for dataset webfg"));
-            }
+            (_, Some(_)) => return Err(s.error("subset", "only for dataset webfg")),
         }
 
-        let resize = positive(get("resize"), "data.resize", 512)?;
-        let crop = positive(get("crop"), "data.crop", 384)?;
+        let resize = s.positive("resize", 512)?;
+        let crop = s.positive("crop", 384)?;
         if crop > resize {
-            return Err(DataError::config(
-                "data.crop",
-                format!("{crop} is larger than data.resize ({resize})"),
+            return Err(s.error("crop", format!("{crop} is larger than data.resize ({resize})")));
+        }
+        let rotation_deg: f64 = s.get("rotation_deg", 15.0)?;
+        if !(0.0..=180.0).contains(&rotation_deg) {
+            return Err(s.error(
+                "rotation_deg",
+                format!("expected a number of degrees in 0..=180, got {rotation_deg}"),
             ));
         }
-        let rotation_deg = match get("rotation_deg") {
-            None => 15.0,
-            Some(v) => match v.as_f64() {
-                Some(d) if d.is_finite() && (0.0..=180.0).contains(&d) => d,
-                _ => {
-                    return Err(DataError::config(
-                        "data.rotation_deg",
-                        format!("expected a number of degrees in 0..=180, got {}", show(v)),
-                    ));
-                }
-            },
-        };
-        let num_threads = positive(get("num_threads"), "data.num_threads", 2)?;
-        let prefetch = positive(get("prefetch"), "data.prefetch", 4)?;
+        let num_threads = s.positive("num_threads", 2)?;
+        let prefetch = s.positive("prefetch", 4)?;
 
         let synthetic = if dataset == DatasetKind::Synthetic {
-            let classes = positive(get("classes"), "data.classes", 10)?;
+            let classes = s.positive("classes", 10)?;
             if classes > crate::synthetic::MAX_CLASSES {
-                return Err(DataError::config(
-                    "data.classes",
+                return Err(s.error(
+                    "classes",
                     format!(
                         "synthetic data encodes at most {} classes, got {classes}",
                         crate::synthetic::MAX_CLASSES
@@ -210,28 +154,18 @@ impl DataConfig {
             }
             Some(SyntheticConfig {
                 classes,
-                train_per_class: positive(get("train_per_class"), "data.train_per_class", 32)?,
-                test_per_class: positive(get("test_per_class"), "data.test_per_class", 8)?,
-                img_size: positive(get("img_size"), "data.img_size", resize)?,
-                seed: match get("seed") {
-                    None => 0,
-                    Some(v) => v.as_u64().ok_or_else(|| {
-                        DataError::config(
-                            "data.seed",
-                            format!("expected a non-negative integer, got {}", show(v)),
-                        )
-                    })?,
-                },
+                train_per_class: s.positive("train_per_class", 32)?,
+                test_per_class: s.positive("test_per_class", 8)?,
+                img_size: s.positive("img_size", resize)?,
+                seed: s.get("seed", 0)?,
             })
         } else {
-            if let Some(k) = SYNTHETIC_KEYS.iter().find(|k| get(k).is_some()) {
-                return Err(DataError::config(
-                    &format!("data.{k}"),
-                    "only for dataset synthetic",
-                ));
+            if let Some(key) = SYNTHETIC_KEYS.into_iter().find(|key| s.has(key)) {
+                return Err(s.error(key, "only for dataset synthetic"));
             }
             None
         };
+        s.finish()?;
 
         Ok(DataConfig {
             dataset,
@@ -245,26 +179,4 @@ impl DataConfig {
             synthetic,
         })
     }
-}
-
-fn positive(v: Option<&Value>, key: &str, default: usize) -> Result<usize, DataError> {
-    match v {
-        None => Ok(default),
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => {
-                usize::try_from(n).map_err(|_| DataError::config(key, format!("{n} is too large")))
-            }
-            _ => Err(DataError::config(
-                key,
-                format!("expected a positive integer, got {}", show(v)),
-            )),
-        },
-    }
-}
-
-/// A value as the user wrote it, for error messages.
-fn show(v: &Value) -> String {
-    serde_yaml::to_string(v)
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_else(|_| format!("{v:?}"))
 }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    /// A bad or unknown key in the `data:` section; `key` is dotted, e.g. `data.subset`.
-    #[error("{key}: {msg}")]
-    Config { key: String, msg: String },
+    /// A bad or unknown key in the `data:` section, named by its dotted path (`data.subset`).
+    #[error(transparent)]
+    Config(#[from] swinfc_config::ConfigError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -30,10 +30,7 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn config(key: &str, msg: impl Into<String>) -> Self {
-        DataError::Config {
-            key: key.to_string(),
-            msg: msg.into(),
-        }
+        DataError::Config(swinfc_config::ConfigError::new(key, msg))
     }
 
     pub(crate) fn parse(path: &std::path::Path, line: usize, msg: impl Into<String>) -> Self {

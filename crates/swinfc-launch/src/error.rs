@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use swinfc_comm::CommError;
-use swinfc_model::ConfigError;
+use swinfc_config::ConfigError;
 use swinfc_train::RunDirError;
 
 #[derive(Debug, thiserror::Error)]

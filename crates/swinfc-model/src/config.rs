@@ -4,25 +4,8 @@
 //! Every key is checked by name so a typo is an error naming `model.<key>`, never a silent default.
 
 use burn::config::Config;
-use serde::de::DeserializeOwned;
-use serde_yaml::{Mapping, Value};
-
-/// An invalid configuration value, named by its dotted path (`model.window_size`).
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
+use serde_yaml::Value;
+use swinfc_config::{ConfigError, Section, one_of};
 
 /// SwinFC architecture (swinfc-model.md §1). Field names are the YAML keys.
 #[derive(Config, Debug, PartialEq)]
@@ -102,40 +85,27 @@ impl ModelConfig {
 
     /// Reads the `model:` section: a preset (default `tiny`) overridden by explicit keys.
     pub fn from_yaml(section: &Value) -> Result<Self, ConfigError> {
-        let map = as_mapping(section, "model")?;
-        let preset: String = match map.get("preset") {
-            Some(v) => parse(v, "model.preset")?,
-            None => "tiny".into(),
-        };
+        let mut s = Section::new(Some(section), "model")?;
+        let preset: String = s.get("preset", "tiny".into())?;
         let mut cfg = Self::preset(&preset).ok_or_else(|| {
-            ConfigError::new(
-                "model.preset",
-                format!(
-                    "unknown preset `{preset}`; expected one of {}",
-                    PRESETS.join(", ")
-                ),
+            s.error(
+                "preset",
+                format!("unknown preset `{preset}`; expected {}", one_of(&PRESETS)),
             )
         })?;
-        for (key, value) in map {
-            let key = key_str(key, "model")?;
-            let path = format!("model.{key}");
-            match key {
-                "preset" => {}
-                "img_size" => cfg.img_size = parse(value, &path)?,
-                "patch_size" => cfg.patch_size = parse(value, &path)?,
-                "embed_dim" => cfg.embed_dim = parse(value, &path)?,
-                "depths" => cfg.depths = parse(value, &path)?,
-                "num_heads" => cfg.num_heads = parse(value, &path)?,
-                "window_size" => cfg.window_size = parse(value, &path)?,
-                "mlp_ratio" => cfg.mlp_ratio = parse(value, &path)?,
-                "drop_path" => cfg.drop_path = parse(value, &path)?,
-                "branch_dim" => cfg.branch_dim = parse(value, &path)?,
-                "ea_memory" => cfg.ea_memory = parse(value, &path)?,
-                "num_classes" => cfg.num_classes = parse(value, &path)?,
-                "ffm_scale" => cfg.ffm_scale = parse(value, &path)?,
-                _ => return Err(ConfigError::new(path, "unknown key")),
-            }
-        }
+        s.set("img_size", &mut cfg.img_size)?;
+        s.set("patch_size", &mut cfg.patch_size)?;
+        s.set("embed_dim", &mut cfg.embed_dim)?;
+        s.set("depths", &mut cfg.depths)?;
+        s.set("num_heads", &mut cfg.num_heads)?;
+        s.set("window_size", &mut cfg.window_size)?;
+        s.set("mlp_ratio", &mut cfg.mlp_ratio)?;
+        s.set("drop_path", &mut cfg.drop_path)?;
+        s.set("branch_dim", &mut cfg.branch_dim)?;
+        s.set("ea_memory", &mut cfg.ea_memory)?;
+        s.set("num_classes", &mut cfg.num_classes)?;
+        s.set("ffm_scale", &mut cfg.ffm_scale)?;
+        s.finish()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -256,45 +226,21 @@ impl LossConfig {
     /// Reads the `loss:` section; an absent section means the paper's defaults.
     pub fn from_yaml(section: Option<&Value>) -> Result<Self, ConfigError> {
         let mut cfg = Self::new();
-        let Some(section) = section else {
-            return Ok(cfg);
-        };
-        for (key, value) in as_mapping(section, "loss")? {
-            let key = key_str(key, "loss")?;
-            let path = format!("loss.{key}");
-            match key {
-                "betas" => cfg.betas = parse(value, &path)?,
-                "contrastive_margin" => cfg.contrastive_margin = parse(value, &path)?,
-                _ => return Err(ConfigError::new(path, "unknown key")),
-            }
-        }
+        let mut s = Section::new(section, "loss")?;
+        s.set("betas", &mut cfg.betas)?;
+        s.set("contrastive_margin", &mut cfg.contrastive_margin)?;
+        s.finish()?;
         Ok(cfg)
     }
 }
 
 /// The `model:` and `loss:` sections of a config file; other sections are left to their owners.
 pub fn model_and_loss_from_yaml(doc: &Value) -> Result<(ModelConfig, LossConfig), ConfigError> {
-    let root = as_mapping(doc, "<root>")?;
-    let model = root
-        .get("model")
-        .ok_or_else(|| ConfigError::new("model", "missing section"))?;
+    let mut root = Section::root(doc)?;
+    let model: Value = root.required("model")?;
+    let loss: Option<Value> = root.take("loss")?;
     Ok((
-        ModelConfig::from_yaml(model)?,
-        LossConfig::from_yaml(root.get("loss"))?,
+        ModelConfig::from_yaml(&model)?,
+        LossConfig::from_yaml(loss.as_ref())?,
     ))
-}
-
-fn as_mapping<'a>(value: &'a Value, path: &str) -> Result<&'a Mapping, ConfigError> {
-    value
-        .as_mapping()
-        .ok_or_else(|| ConfigError::new(path, "expected a mapping of keys"))
-}
-
-fn key_str<'a>(key: &'a Value, section: &str) -> Result<&'a str, ConfigError> {
-    key.as_str()
-        .ok_or_else(|| ConfigError::new(section, format!("non-string key {key:?}")))
-}
-
-fn parse<T: DeserializeOwned>(value: &Value, path: &str) -> Result<T, ConfigError> {
-    serde_yaml::from_value(value.clone()).map_err(|e| ConfigError::new(path, e.to_string()))
 }

@@ -17,7 +17,7 @@ pub mod probe;
 pub mod swin;
 pub mod weights;
 
-pub use config::{ConfigError, LossConfig, ModelConfig, StageGeometry, model_and_loss_from_yaml};
+pub use config::{LossConfig, ModelConfig, StageGeometry, model_and_loss_from_yaml};
 pub use fused::{FusedKernels, FusedOps, TrainBackend};
 pub use loss::{LossParts, swinfc_loss};
 pub use model::{ParamGroup, SwinFc, SwinFcOutput};

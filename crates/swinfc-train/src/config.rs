@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Value;
 use sha2::{Digest, Sha256};
-use swinfc_data::{DataConfig, DataError, Dataset, open_dataset};
-use swinfc_model::{ConfigError, LossConfig, ModelConfig};
+use swinfc_config::{ConfigError, Section, read_document};
+use swinfc_data::{DataConfig, Dataset, open_dataset};
+use swinfc_model::{LossConfig, ModelConfig};
 
 use crate::RunDir;
 
@@ -84,47 +84,28 @@ pub struct TrainConfig {
     pub resolved: Value,
 }
 
-const SECTIONS: [&str; 8] = [
-    "run",
-    "model",
-    "loss",
-    "data",
-    "train",
-    "eval",
-    "checkpoint",
-    "metrics",
-];
-
 impl TrainConfig {
     /// Reads `path`, applies `overrides` (`train.lr_new=0.01`; values are YAML) and validates.
     /// Errors name the file and the key.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&file, e.to_string()))?;
-        let mut doc: Value =
-            serde_yaml::from_str(&text).map_err(|e| ConfigError::new(&file, e.to_string()))?;
-        for item in overrides {
-            apply_override(&mut doc, item)?;
-        }
+        let mut doc = read_document(path, overrides)?;
         absolutize(&mut doc, ["run", "dir"])?;
         absolutize(&mut doc, ["data", "root"])?;
         Self::from_yaml(doc)
     }
 
     pub fn from_yaml(doc: Value) -> Result<Self, ConfigError> {
-        let root = doc
-            .as_mapping()
-            .ok_or_else(|| ConfigError::new("<root>", "expected a mapping of sections"))?;
-        for key in root.keys() {
-            match key.as_str() {
-                Some(name) if SECTIONS.contains(&name) => {}
-                Some(name) => return Err(ConfigError::new(name, "unknown section")),
-                None => return Err(ConfigError::new("<root>", format!("non-string key {key:?}"))),
-            }
-        }
-        let (model, loss) = swinfc_model::model_and_loss_from_yaml(&doc)?;
+        let mut root = Section::root(&doc)?;
+        let model: Value = root.required("model")?;
+        let loss: Option<Value> = root.take("loss")?;
+        let data: Value = root.required("data")?;
+        let [run, train, eval, checkpoint, metrics] =
+            ["run", "train", "eval", "checkpoint", "metrics"].map(|name| root.take::<Value>(name));
+        root.finish()?;
+        let model = ModelConfig::from_yaml(&model)?;
+        let loss = LossConfig::from_yaml(loss.as_ref())?;
 
-        let mut s = Section::new(root.get("run"), "run")?;
+        let mut s = Section::new(run?.as_ref(), "run")?;
         let run = RunSection {
             name: s.required("name")?,
             dir: RunDir::new(s.required::<PathBuf>("dir")?),
@@ -132,8 +113,11 @@ impl TrainConfig {
         };
         s.finish()?;
 
-        let mut s = Section::new(root.get("train"), "train")?;
-        let precision: String = s.get("precision", "fp32".to_string())?;
+        let mut s = Section::new(train?.as_ref(), "train")?;
+        let precision = s.choice(
+            "precision",
+            &[("fp32", Precision::Fp32), ("bf16", Precision::Bf16)],
+        )?;
         let train = TrainSection {
             global_batch: s.required("global_batch")?,
             micro_batch: s.required("micro_batch")?,
@@ -144,29 +128,20 @@ impl TrainConfig {
             momentum: s.get("momentum", 0.9)?,
             weight_decay: s.get("weight_decay", 0.0)?,
             grad_clip: s.get("grad_clip", 0.0)?,
-            precision: match precision.as_str() {
-                "fp32" => Precision::Fp32,
-                "bf16" => Precision::Bf16,
-                other => {
-                    return Err(ConfigError::new(
-                        "train.precision",
-                        format!("`{other}`: expected fp32 or bf16"),
-                    ));
-                }
-            },
+            precision: precision.unwrap_or(Precision::Fp32),
             pretrained: s.get("pretrained", None)?,
             max_nonfinite_steps: s.get("max_nonfinite_steps", 5)?,
         };
         s.finish()?;
 
-        let mut s = Section::new(root.get("eval"), "eval")?;
+        let mut s = Section::new(eval?.as_ref(), "eval")?;
         let eval = EvalSection {
             every_steps: s.get("every_steps", 0)?,
             split: s.get("split", "test".to_string())?,
         };
         s.finish()?;
 
-        let mut s = Section::new(root.get("checkpoint"), "checkpoint")?;
+        let mut s = Section::new(checkpoint?.as_ref(), "checkpoint")?;
         let checkpoint = CheckpointSection {
             every_steps: s.get("every_steps", 0)?,
             keep_last: s.get("keep_last", 2)?,
@@ -174,20 +149,14 @@ impl TrainConfig {
         };
         s.finish()?;
 
-        let mut s = Section::new(root.get("metrics"), "metrics")?;
+        let mut s = Section::new(metrics?.as_ref(), "metrics")?;
         let metrics = MetricsSection {
             listen: s.get("listen", "127.0.0.1:9420".to_string())?,
             log_every: s.get("log_every", 10)?,
         };
         s.finish()?;
 
-        let data = root
-            .get("data")
-            .ok_or_else(|| ConfigError::new("data", "missing section"))?;
-        let data = DataConfig::from_yaml(data).map_err(|e| match e {
-            DataError::Config { key, msg } => ConfigError::new(key, msg),
-            other => ConfigError::new("data", other.to_string()),
-        })?;
+        let data = DataConfig::from_yaml(&data)?;
         let cfg = Self {
             run,
             model,
@@ -337,72 +306,4 @@ fn absolutize(doc: &mut Value, [section, key]: [&str; 2]) -> Result<(), ConfigEr
         .map_err(|e| ConfigError::new(format!("{section}.{key}"), format!("{path}: {e}")))?;
     *path = absolute.to_string_lossy().into_owned();
     Ok(())
-}
-
-/// `a.b.c=value`: sets that key (creating mappings on the way); the value is parsed as YAML.
-pub fn apply_override(doc: &mut Value, item: &str) -> Result<(), ConfigError> {
-    let (path, raw) = item
-        .split_once('=')
-        .ok_or_else(|| ConfigError::new(item, "--set takes key=value"))?;
-    let value: Value = serde_yaml::from_str(raw).map_err(|e| ConfigError::new(path, e.to_string()))?;
-    let mut node = doc;
-    let keys: Vec<&str> = path.split('.').collect();
-    for (i, key) in keys.iter().enumerate() {
-        if !node.is_mapping() {
-            *node = Value::Mapping(Mapping::new());
-        }
-        let map = node.as_mapping_mut().expect("made a mapping above");
-        let key = Value::String(key.to_string());
-        if i + 1 == keys.len() {
-            map.insert(key, value);
-            return Ok(());
-        }
-        node = map.entry(key).or_insert(Value::Null);
-    }
-    Err(ConfigError::new(item, "empty key"))
-}
-
-/// One section's keys, taken one by one so the leftovers are exactly the unknown keys.
-struct Section {
-    path: &'static str,
-    map: Mapping,
-}
-
-impl Section {
-    fn new(value: Option<&Value>, path: &'static str) -> Result<Self, ConfigError> {
-        let map = match value {
-            None | Some(Value::Null) => Mapping::new(),
-            Some(Value::Mapping(m)) => m.clone(),
-            Some(_) => return Err(ConfigError::new(path, "expected a mapping of keys")),
-        };
-        Ok(Self { path, map })
-    }
-
-    fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
-        match self.map.remove(key) {
-            None => Ok(None),
-            Some(v) => serde_yaml::from_value(v)
-                .map(Some)
-                .map_err(|e| ConfigError::new(format!("{}.{key}", self.path), e.to_string())),
-        }
-    }
-
-    fn get<T: DeserializeOwned>(&mut self, key: &str, default: T) -> Result<T, ConfigError> {
-        Ok(self.take(key)?.unwrap_or(default))
-    }
-
-    fn required<T: DeserializeOwned>(&mut self, key: &str) -> Result<T, ConfigError> {
-        self.take(key)?
-            .ok_or_else(|| ConfigError::new(format!("{}.{key}", self.path), "missing"))
-    }
-
-    fn finish(self) -> Result<(), ConfigError> {
-        match self.map.keys().next() {
-            Some(key) => Err(ConfigError::new(
-                format!("{}.{}", self.path, key.as_str().unwrap_or("?")),
-                "unknown key",
-            )),
-            None => Ok(()),
-        }
-    }
 }

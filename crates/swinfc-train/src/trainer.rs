@@ -15,6 +15,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 pub use swinfc_comm::Resume;
 use swinfc_comm::{Collective, CommError, ControlClient, Phase, ServerCommand};
+use swinfc_config::ConfigError;
 use swinfc_data::decode::DecodeKind;
 use swinfc_data::{
     BatchRequest, DataConfig, DataError, Dataset, Loader, PROBE_TRAIN_IMAGES, TrainStream, eval_shard,
@@ -25,7 +26,7 @@ use swinfc_model::weights::{
     StateDict, WeightsError, load_pretrained, load_state_dict, safetensors_bytes, state_dict,
     state_dict_from_bytes,
 };
-use swinfc_model::{ConfigError, SwinFc, TrainBackend};
+use swinfc_model::{SwinFc, TrainBackend};
 use tracing::{info, warn};
 
 use crate::checkpoint::{

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
 use swinfc_comm::{Collective, ControlClient, LocalCollective, TcpRing, WorkerIdentity};
-use swinfc_model::ConfigError;
+use swinfc_config::ConfigError;
 use tracing::info;
 
 use crate::config::{Precision, TrainConfig};

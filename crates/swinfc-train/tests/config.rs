@@ -1,7 +1,7 @@
 //! Run configuration: sections, overrides, and errors that name the key.
 
+use swinfc_config::apply_override;
 use swinfc_train::TrainConfig;
-use swinfc_train::config::apply_override;
 
 const BASE: &str = "
 run: {name: t, dir: /tmp/x, seed: 3}
@@ -43,7 +43,7 @@ fn errors_name_the_key() {
         (&["model.window_size=5"], "model.window_size:"),
         (
             &["train.precision=fp16"],
-            "train.precision: `fp16`: expected fp32 or bf16",
+            "train.precision: expected fp32 or bf16, got fp16",
         ),
         (&["run.name=null"], "run.name:"),
     ];
