@@ -377,7 +377,10 @@ mod tests {
         let (model, _, micro) = config_from_yaml(&doc).expect("valid");
         assert_eq!((model.img_size, micro), (128, 8));
         let doc: Value = serde_yaml::from_str("{model: {preset: tiny}}").unwrap();
-        assert_eq!(config_from_yaml(&doc).unwrap_err().key, "train.micro_batch");
+        assert_eq!(
+            config_from_yaml(&doc).unwrap_err().key(),
+            Some("train.micro_batch")
+        );
     }
 
     fn tiny() -> (ModelConfig, BenchSettings) {

@@ -82,7 +82,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    logging::init();
+    logging::init(false);
     match run() {
         Ok(code) => code,
         Err(e) => {

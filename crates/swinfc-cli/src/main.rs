@@ -1,19 +1,22 @@
 //! `swinfc`: the user-facing tool. Thin: parses arguments and calls the swinfc libraries.
 
+mod hint;
+mod local;
 mod logging;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use swinfc_bench::{self as bench, BenchSettings};
-use swinfc_config::read_document;
+use swinfc_config::{Section, read_document};
 use swinfc_model::probe::{probe, read_probe_input, write_probe_output};
 use swinfc_model::weights::{self, ConvertReport, LoadReport};
 use swinfc_model::{LossConfig, ModelConfig, TrainBackend, model_and_loss_from_yaml};
 use swinfc_train::config::Precision;
-use swinfc_train::{Resume, RunSummary, TrainConfig, TrainError, inference};
+use swinfc_train::{Resume, TrainConfig, TrainError, inference};
 use tracing::info;
 
 /// Training's activation buffers are reused across steps instead of page-faulted in afresh.
@@ -174,22 +177,30 @@ enum BackendArg {
     Cuda,
 }
 
-fn main() -> Result<()> {
-    logging::init();
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    logging::init(matches!(command, Command::Train(_)));
+    // A worker's failure is the launcher's to explain: it knows the job, the restarts and the logs.
+    let is_worker = matches!(command, Command::Worker(_));
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swinfc: {}", hint::message(&e));
+            if !is_worker {
+                eprintln!("{}", hint::for_error(&e));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Forward(args) => match args.backend {
             BackendArg::Cpu => forward::<Autodiff<Flex>>(&args, &FlexDevice),
             BackendArg::Cuda => forward_cuda(&args),
         },
-        Command::Train(args) => {
-            if args.overwrite && args.resume != Resume::None {
-                bail!("--overwrite deletes an earlier run's checkpoints: it goes with --resume none only");
-            }
-            let cfg = TrainConfig::load(&args.config, &args.set)?;
-            let _held = cfg.run.dir.claim(&args.resume, args.overwrite)?;
-            report(swinfc_train::run_local(&cfg, &args.resume)?);
-            Ok(())
-        }
+        Command::Train(args) => local::train(&args),
         Command::Worker(args) => {
             swinfc_launch::install_worker_signal_policy()?;
             let run = TrainConfig::load(&args.config, &args.set)
@@ -269,19 +280,6 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-    }
-}
-
-fn report(summary: RunSummary) {
-    info!(steps = summary.steps, preempted = summary.preempted, "run ended");
-    if let Some(eval) = summary.last_eval {
-        info!(
-            step = eval.step,
-            samples = eval.samples,
-            combined = eval.combined,
-            backbone = eval.backbone,
-            "final top-1"
-        );
     }
 }
 
@@ -428,11 +426,10 @@ fn log_reports(convert: &ConvertReport, load: &LoadReport) {
 
 fn data_check(path: &Path) -> Result<()> {
     let doc = read_document(path, &[])?;
-    let section = doc
-        .get("data")
-        .with_context(|| format!("{}: no `data:` section", path.display()))?;
-    let cfg =
-        swinfc_data::DataConfig::from_yaml(section).with_context(|| format!("in {}", path.display()))?;
+    let cfg = Section::root(&doc)
+        .and_then(|mut root| root.required("data"))
+        .and_then(|section| swinfc_data::DataConfig::from_yaml(&section))
+        .with_context(|| format!("in {}", path.display()))?;
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images ({per_sec}, {eta} left)")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

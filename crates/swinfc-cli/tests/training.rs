@@ -236,6 +236,129 @@ fn config_errors_exit_1_naming_the_key_or_path() {
     }
 }
 
+/// What a person reads from `swinfc train` (no `RUST_LOG`) is what the launcher shows: aligned
+/// step lines every `metrics.log_every`, eval and save lines, the summary with the run's files;
+/// run again, the finished run says so instead of training.
+#[test]
+fn swinfc_train_shows_steps_and_a_summary_and_a_rerun_says_the_run_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let train = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_swinfc"))
+            .args(["train", cfg.to_str().unwrap(), "--set", "metrics.log_every=2"])
+            .env("RAYON_NUM_THREADS", "1")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        log
+    };
+    let log = train();
+    let steps: Vec<&str> = log.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 3, "steps 2, 4 and 6:\n{log}");
+    assert!(steps[0].starts_with("step 2/6  loss "), "{log}");
+    for field in ["loss", "grad_norm", "lr", "img/s"] {
+        let columns: Vec<_> = steps.iter().map(|l| l.find(field)).collect();
+        assert!(
+            columns[0].is_some() && columns.iter().all(|c| *c == columns[0]),
+            "{field}:\n{log}"
+        );
+    }
+    assert!(log.lines().any(|l| l.starts_with("eval 3/6  top1 ")), "{log}");
+    let checkpoint = dir.path().join("run/checkpoints/step-00000006");
+    let save = format!("save 6/6  {}", checkpoint.display());
+    assert!(log.lines().any(|l| l == save), "{log}");
+    let run_dir = dir.path().join("run");
+    for want in [
+        "finished: step 6/6 (6 steps in ".to_string(),
+        "  combined ".to_string(),
+        format!("checkpoint  {}", checkpoint.display()),
+        format!("eval --checkpoint {}", run_dir.display()),
+    ] {
+        assert!(log.contains(&want), "want `{want}` in the summary:\n{log}");
+    }
+    // A local run writes no events.jsonl, so the summary offers no plot of it.
+    assert!(!log.contains("plot "), "{log}");
+
+    let weights = model_bytes(dir.path(), 6);
+    let log = train();
+    let complete = format!("{} is complete: all 6 steps are done", run_dir.display());
+    assert!(log.contains(&complete), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("step ")),
+        "nothing was trained:\n{log}"
+    );
+    assert_eq!(model_bytes(dir.path(), 6), weights);
+}
+
+/// Every error a user can cause with `swinfc` is one `swinfc: …` line naming the key or file,
+/// then one line that says what to do.
+#[test]
+fn swinfc_errors_end_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let garbage = dir.path().join("garbage.pth");
+    std::fs::write(&garbage, b"not a weights file").unwrap();
+    let model_only = dir.path().join("model.yaml");
+    std::fs::write(&model_only, "model: {preset: tiny}\n").unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.safetensors");
+    let cub = "data={dataset: cub, root: /nonexistent/cub, resize: 36, crop: 32}";
+    let cases: [(&[&str], &str, &str); 6] = [
+        (
+            &["train", "/nonexistent/c.yaml"],
+            "/nonexistent/c.yaml: ",
+            "check the config's path",
+        ),
+        (
+            &["train", cfg, "--set", "train.lr_nwe=1"],
+            "train.lr_nwe: unknown key",
+            "fix that key",
+        ),
+        (
+            &["train", cfg, "--set", cub],
+            "/nonexistent/cub",
+            "check data.root",
+        ),
+        (
+            &[
+                "import-weights",
+                garbage.to_str().unwrap(),
+                "-o",
+                out_file.to_str().unwrap(),
+            ],
+            "neither safetensors (",
+            "pass an official Microsoft or timm",
+        ),
+        (
+            &["eval", "--checkpoint", empty.path().to_str().unwrap()],
+            "no checkpoint that verifies",
+            "pass --checkpoint a step directory",
+        ),
+        (
+            &["data", "check", model_only.to_str().unwrap()],
+            "data: missing section",
+            "fix that key",
+        ),
+    ];
+    for (args, error, hint) in cases {
+        let out = swinfc(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        let [.., message, next] = lines[..] else {
+            panic!("{args:?}: two lines at least:\n{stderr}");
+        };
+        assert!(
+            message.starts_with("swinfc: ") && message.contains(error),
+            "{args:?}:\n{stderr}"
+        );
+        assert!(next.starts_with(hint), "{args:?}: want `{hint}…` last:\n{stderr}");
+    }
+}
+
 /// A 24-bit BMP of `side`×`side` pixels.
 fn write_bmp(path: &Path, side: u32, rgb: [u8; 3]) {
     let row = (side * 3).div_ceil(4) * 4;

@@ -6,24 +6,37 @@
 //! Owns: [`ConfigError`], [`Section`], reading a config file into a YAML document and `--set`
 //! overrides. Must not: know any section's keys or defaults, or depend on another swinfc crate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
-/// An invalid configuration value, named by its dotted path (`model.window_size`).
+/// What is wrong with a config: its file, or the value at a dotted key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
+pub enum ConfigError {
+    /// The file cannot be read or is not YAML (serde_yaml's message gives the line).
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// The value at `key` (`model.window_size`, `<root>` for the document) is wrong, missing or
+    /// unknown.
+    #[error("{key}: {message}")]
+    Key { key: String, message: String },
 }
 
 impl ConfigError {
+    /// An error about the value at the dotted `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
+        ConfigError::Key {
             key: key.into(),
             message: message.into(),
+        }
+    }
+
+    /// The dotted key the error is about; `None` for the file itself.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::File { .. } => None,
+            ConfigError::Key { key, .. } => Some(key),
         }
     }
 }
@@ -31,9 +44,12 @@ impl ConfigError {
 /// Reads the YAML document at `path` and applies `overrides` (`train.lr_new=0.01`; values are
 /// YAML). Errors name the file, or the override.
 pub fn read_document(path: &Path, overrides: &[String]) -> Result<Value, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&file, e.to_string()))?;
-    let mut doc: Value = serde_yaml::from_str(&text).map_err(|e| ConfigError::new(&file, e.to_string()))?;
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let mut doc: Value = serde_yaml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
     for item in overrides {
         apply_override(&mut doc, item)?;
     }

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use swinfc_comm::CommError;
 use swinfc_config::ConfigError;
+use swinfc_data::DataError;
 use swinfc_train::RunDirError;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +12,9 @@ pub enum LaunchError {
     Usage(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The dataset cannot be opened (its root, a metadata file, its classes).
+    #[error(transparent)]
+    Data(#[from] DataError),
     #[error(transparent)]
     Comm(#[from] CommError),
     #[error(transparent)]
@@ -42,6 +46,14 @@ impl LaunchError {
             LaunchError::Config(_) => {
                 "fix that key in the config or its --set; swinfc-launch --dry-run CONFIG checks a config \
                  without starting workers"
+            }
+            LaunchError::Data(DataError::Config(_)) => {
+                "fix that key in the config or its --set; swinfc-launch --dry-run CONFIG checks a config \
+                 without starting workers"
+            }
+            LaunchError::Data(_) => {
+                "check data.root and the file named above (docs: datasets.md); `swinfc data check \
+                 CONFIG` reads the whole dataset"
             }
             LaunchError::Comm(_) => {
                 "check that node 0 is reachable at --master-addr/--master-port and that every node has \

@@ -21,10 +21,11 @@ mod options;
 mod plan;
 mod requeue;
 mod signals;
-mod summary;
+pub mod summary;
 mod supervisor;
 mod workers;
 
+pub use console::Console;
 pub use error::LaunchError;
 pub use options::seconds;
 pub use options::{Devices, LaunchOptions, slurm_defaults};
@@ -64,7 +65,8 @@ pub fn launch(opts: LaunchOptions) -> Result<Outcome, LaunchError> {
     if opts.resume != Resume::None {
         let (step, from) = plan.resume_point(&opts.resume)?;
         if step >= plan.cfg.train.total_steps {
-            eprint!("{}", summary::complete(&plan, &from));
+            let history = summary::launched_history(&plan.cfg);
+            eprint!("{}", summary::complete(&plan.cfg, &from, &history));
             return Ok(Outcome::AlreadyComplete);
         }
     }

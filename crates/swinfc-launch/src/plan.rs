@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 
-use swinfc_train::checkpoint::{latest_valid, verify};
 use swinfc_train::{Resume, RunDir, TrainConfig};
 use tracing::warn;
 
@@ -116,17 +115,9 @@ impl Plan {
 
     /// What `--resume` selects right now, as the step it starts from and a description.
     pub fn resume_point(&self, resume: &Resume) -> Result<(u64, String), LaunchError> {
-        Ok(match resume {
-            Resume::None => (0, "fresh start (--resume none)".into()),
-            Resume::Auto => match latest_valid(&self.run_dir().checkpoints()) {
-                Some((dir, state)) => (state.step, format!("step {} from {}", state.step, dir.display())),
-                None => (0, "fresh start (no valid checkpoint in the run directory)".into()),
-            },
-            Resume::Path(path) => {
-                let state = verify(path)
-                    .map_err(|e| LaunchError::Usage(format!("--resume {}: {e}", path.display())))?;
-                (state.step, format!("step {} from {}", state.step, path.display()))
-            }
+        self.run_dir().resume_point(resume).map_err(|e| match resume {
+            Resume::Path(path) => LaunchError::Usage(format!("--resume {}: {e}", path.display())),
+            _ => LaunchError::Failed(e.to_string()),
         })
     }
 

@@ -1,6 +1,7 @@
-//! What the launcher prints when a run ends, and when a finished run's command is run again:
-//! where the run got to, its accuracy from `events.jsonl` (so a resumed run counts its earlier
-//! launches' evals), where its files are and the commands that use them.
+//! What a run prints when it ends, and when a finished run's command is run again: where the run
+//! got to, its accuracy (from `events.jsonl` for a launch, so a resumed run counts its earlier
+//! launches' evals), where its files are and the commands that use them. The launcher and
+//! `swinfc train` print the same summary.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,9 +11,9 @@ use swinfc_metrics::catalogue::HEADS;
 use swinfc_metrics::event::History;
 use tracing::warn;
 
-use crate::Plan;
+use swinfc_train::TrainConfig;
 
-/// This launch, as the supervisor saw it.
+/// This launch (or `swinfc train`), as it ended.
 pub struct Launched {
     /// The step the first round started from, and the highest step completed.
     pub from_step: u64,
@@ -24,9 +25,10 @@ pub struct Launched {
     pub checkpoint: Option<u64>,
 }
 
-/// The end-of-run summary.
-pub fn render(plan: &Plan, worker_bin: &Path, launched: &Launched) -> String {
-    let t = &plan.cfg.train;
+/// The end-of-run summary; `worker_bin` is the `swinfc` binary its commands name, `history` the
+/// run's evals so far.
+pub fn render(cfg: &TrainConfig, worker_bin: &Path, launched: &Launched, history: &History) -> String {
+    let t = &cfg.train;
     let steps = launched.to_step.saturating_sub(launched.from_step);
     let seconds = launched.wall.as_secs_f64();
     let rate = if seconds > 0.0 {
@@ -41,16 +43,24 @@ pub fn render(plan: &Plan, worker_bin: &Path, launched: &Launched) -> String {
         "{verb}: step {}/{} ({steps} steps in {seconds:.1} s, {rate:.0} img/s)",
         launched.to_step, t.total_steps
     );
-    s.push_str(&accuracy(plan));
-    let run_dir = plan.run_dir();
+    s.push_str(&accuracy(history));
+    let run_dir = &cfg.run.dir;
     if let Some(step) = launched.checkpoint {
         let _ = writeln!(s, "checkpoint  {}", run_dir.checkpoint(step).display());
     }
-    let _ = writeln!(s, "events      {}", run_dir.events().display());
-    let _ = writeln!(s, "logs        {}", run_dir.logs().display());
+    // `swinfc train` writes neither: only a launch has telemetry and per-rank logs.
+    let (events, logs) = (run_dir.events(), run_dir.logs());
+    if events.exists() {
+        let _ = writeln!(s, "events      {}", events.display());
+    }
+    if logs.exists() {
+        let _ = writeln!(s, "logs        {}", logs.display());
+    }
     let (bin, root) = (worker_bin.display(), run_dir.root().display());
     let _ = writeln!(s, "evaluate    {bin} eval --checkpoint {root}");
-    let _ = writeln!(s, "plot        {bin} plot {root} -o {root}/report.svg");
+    if events.exists() {
+        let _ = writeln!(s, "plot        {bin} plot {root} -o {root}/report.svg");
+    }
     if launched.preempted {
         let _ = writeln!(
             s,
@@ -67,13 +77,13 @@ pub fn render(plan: &Plan, worker_bin: &Path, launched: &Launched) -> String {
 }
 
 /// The message for a run whose newest checkpoint already is at `train.total_steps`.
-pub fn complete(plan: &Plan, from: &str) -> String {
-    let root = plan.run_dir().root().display();
+pub fn complete(cfg: &TrainConfig, from: &str, history: &History) -> String {
+    let root = cfg.run.dir.root().display();
     let mut s = format!(
         "{root} is complete: all {} steps are done (resume: {from})\n",
-        plan.cfg.train.total_steps
+        cfg.train.total_steps
     );
-    s.push_str(&accuracy(plan));
+    s.push_str(&accuracy(history));
     let _ = writeln!(
         s,
         "to start a fresh run: add --resume none --overwrite (deletes {root}'s checkpoints) or --set run.dir=NEW_DIR; \
@@ -82,16 +92,19 @@ pub fn complete(plan: &Plan, from: &str) -> String {
     s
 }
 
-/// Final and best top-1 of each head, from the run's `events.jsonl` (empty without evals).
-fn accuracy(plan: &Plan) -> String {
-    let path = plan.run_dir().events();
-    let history = match History::read(&path) {
-        Ok(history) => history,
-        Err(e) => {
-            warn!(error = %e, "no accuracy for the summary");
-            return String::new();
-        }
-    };
+/// The evals launches of this run have written to its `events.jsonl` (none without the file).
+pub fn launched_history(cfg: &TrainConfig) -> History {
+    let path = cfg.run.dir.events();
+    if !path.exists() {
+        return History::default();
+    }
+    History::read(&path)
+        .inspect_err(|e| warn!(error = %e, "no accuracy for the summary"))
+        .unwrap_or_default()
+}
+
+/// Final and best top-1 of each head (empty without evals).
+fn accuracy(history: &History) -> String {
     let Some(last) = history.evals.values().next_back() else {
         return String::new();
     };

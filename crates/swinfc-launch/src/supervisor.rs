@@ -176,7 +176,11 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
             preempted: *outcome == Outcome::Preempted,
             checkpoint: committed,
         };
-        eprint!("{}", crate::summary::render(plan, &opts.worker_bin, &launched));
+        let history = crate::summary::launched_history(&plan.cfg);
+        eprint!(
+            "{}",
+            crate::summary::render(&plan.cfg, &opts.worker_bin, &launched, &history)
+        );
     }
     result
 }

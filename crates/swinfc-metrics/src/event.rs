@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::MetricsError;
 use crate::catalogue::{RestartReason, RunState};
-use crate::record::{CheckpointRecord, LearningRates, LossComponents};
+use crate::record::{CheckpointRecord, EvalRecord, LearningRates, LossComponents};
 
 /// One line of `events.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +73,22 @@ pub struct EvalEvent {
     pub samples: u64,
     /// Top-1 by head label ([`crate::catalogue::HEADS`]).
     pub accuracy: BTreeMap<String, f64>,
+}
+
+impl From<&EvalRecord> for EvalEvent {
+    fn from(r: &EvalRecord) -> EvalEvent {
+        EvalEvent {
+            step: r.result.step,
+            split: r.split.clone(),
+            samples: r.result.samples,
+            accuracy: r
+                .result
+                .labelled()
+                .into_iter()
+                .map(|(head, accuracy)| (head.to_string(), accuracy))
+                .collect(),
+        }
+    }
 }
 
 /// A run's step lines and evals read back from its `events.jsonl`, by step.

@@ -315,17 +315,7 @@ impl Telemetry {
             gauge!(EVAL_SAMPLES, "split" => split.clone()).set(r.result.samples as f64);
         });
         drop(progress);
-        self.event(Event::Eval(EvalEvent {
-            step: r.result.step,
-            split: r.split.clone(),
-            samples: r.result.samples,
-            accuracy: r
-                .result
-                .labelled()
-                .into_iter()
-                .map(|(h, a)| (h.to_string(), a))
-                .collect(),
-        }));
+        self.event(Event::Eval(EvalEvent::from(r)));
     }
 
     fn checkpoint(&self, r: &CheckpointRecord) {

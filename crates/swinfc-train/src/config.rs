@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 use sha2::{Digest, Sha256};
 use swinfc_config::{ConfigError, Section, read_document};
-use swinfc_data::{DataConfig, Dataset, open_dataset};
+use swinfc_data::{DataConfig, DataError, Dataset, open_dataset};
 use swinfc_model::{LossConfig, ModelConfig};
 
 use crate::RunDir;
@@ -244,8 +244,8 @@ impl TrainConfig {
     /// Opens the dataset (its index files, not its images) and checks its classes against the
     /// model's: the launcher does it before starting workers, so a wrong root or class count is
     /// reported once, not by every worker after a model build.
-    pub fn open_dataset(&self) -> Result<Dataset, ConfigError> {
-        let dataset = open_dataset(&self.data).map_err(|e| ConfigError::new("data", e.to_string()))?;
+    pub fn open_dataset(&self) -> Result<Dataset, DataError> {
+        let dataset = open_dataset(&self.data)?;
         self.check_classes(dataset.classes.len())?;
         Ok(dataset)
     }

@@ -20,5 +20,5 @@ pub use step::{Losses, StepConfig, StepOutcome, Trainer};
 /// What [`trainer::evaluate`] returns. Defined in swinfc-metrics because it travels in the eval
 /// record to the launcher, and swinfc-metrics cannot depend on this crate.
 pub use swinfc_metrics::record::EvalResult;
-pub use trainer::{Resume, RunSummary, TrainError, train};
+pub use trainer::{Link, Resume, RunSummary, TrainError, train};
 pub use worker::{run_local, run_worker};

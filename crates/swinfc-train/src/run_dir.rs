@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use swinfc_comm::Resume;
 
-use crate::checkpoint::{CONFIG, step_dir_name};
+use crate::checkpoint::{CONFIG, CheckpointError, latest_valid, step_dir_name, verify};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir(PathBuf);
@@ -64,6 +64,22 @@ impl RunDir {
 
     pub fn lock_file(&self) -> PathBuf {
         self.0.join("lock")
+    }
+
+    /// What `resume` selects right now: the step training would start from, and a description
+    /// (`step 40 from …/step-00000040`). An explicit checkpoint that does not verify is an error.
+    pub fn resume_point(&self, resume: &Resume) -> Result<(u64, String), CheckpointError> {
+        Ok(match resume {
+            Resume::None => (0, "fresh start (--resume none)".into()),
+            Resume::Auto => match latest_valid(&self.checkpoints()) {
+                Some((dir, state)) => (state.step, format!("step {} from {}", state.step, dir.display())),
+                None => (0, "fresh start (no valid checkpoint in the run directory)".into()),
+            },
+            Resume::Path(path) => {
+                let state = verify(path)?;
+                (state.step, format!("step {} from {}", state.step, path.display()))
+            }
+        })
     }
 
     /// Takes the directory for one launch: an exclusive lock (a second launch on it fails naming

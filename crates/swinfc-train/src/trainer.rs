@@ -119,14 +119,53 @@ pub struct RunSummary {
     pub preempted: bool,
 }
 
+/// Where a worker's records and heartbeats go, and where its stop commands come from.
+pub enum Link<'a> {
+    /// A launched job's worker: the control connection to its launcher.
+    Launcher(&'a mut ControlClient),
+    /// `swinfc train`: records go to a function of this process (its console); nothing asks it
+    /// to stop, so it has no heartbeats either.
+    Local(&'a mut dyn FnMut(&Record)),
+}
+
+impl Link<'_> {
+    pub(crate) fn launcher(&mut self) -> Option<&mut ControlClient> {
+        match self {
+            Link::Launcher(control) => Some(control),
+            Link::Local(_) => None,
+        }
+    }
+
+    fn report(&mut self, record: Record) -> Result<(), TrainError> {
+        match self {
+            Link::Launcher(control) => {
+                let value =
+                    serde_json::to_value(record).expect("records have string keys and no custom serialisers");
+                Ok(control.report(value)?)
+            }
+            Link::Local(observe) => {
+                observe(&record);
+                Ok(())
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, step: u64, phase: Phase) -> Result<(), TrainError> {
+        if let Some(control) = self.launcher() {
+            control.heartbeat(step, phase)?;
+        }
+        Ok(())
+    }
+}
+
 /// Trains on this worker. Every rank calls it with the same config and its own collective;
-/// `control` (absent for a single local process) carries heartbeats, reports and commands;
-/// `grad_sync` says where the gradients are summed (host and `comm`, or on the device).
+/// `link` carries its records to the launcher or the local console; `grad_sync` says where the
+/// gradients are summed (host and `comm`, or on the device).
 pub fn train<B: TrainBackend>(
     cfg: &TrainConfig,
     resume: &Resume,
     comm: &mut dyn Collective,
-    mut control: Option<&mut ControlClient>,
+    mut link: Link,
     grad_sync: GradSync<B::InnerBackend>,
     device: &B::Device,
 ) -> Result<RunSummary, TrainError> {
@@ -175,35 +214,23 @@ pub fn train<B: TrainBackend>(
     );
 
     while step < total {
-        let stop_vote = poll_launcher(control.as_deref_mut(), step, &mut stop_after)?;
+        let stop_vote = poll_launcher(link.launcher(), step, &mut stop_after)?;
         // Data → forward → losses → backward → all-reduce → clip → SGD update.
         let outcome = trainer.train_step(iter::from_fn(|| loader.next()), step, stop_vote, comm)?;
         step = outcome.step;
 
         // Metrics.
-        if let Some(control) = control.as_deref_mut() {
-            report(
-                control,
-                Record::Step(run.step_record(&outcome, loader.skip_counts())),
-            )?;
-        }
+        link.report(Record::Step(run.step_record(&outcome, loader.skip_counts())))?;
         if rank == 0 && (step % cfg.metrics.log_every.max(1) == 0 || step == total) {
             let (loss, grad_norm, lr) = (outcome.losses.total, outcome.grad_norm, outcome.lr.new);
             info!(rank, step, loss, grad_norm, lr, "step");
         }
 
         // Evaluation and checkpoints.
-        let accuracy = maybe_evaluate(
-            &mut run,
-            &trainer,
-            step,
-            outcome.stopping,
-            comm,
-            control.as_deref_mut(),
-        )?;
+        let accuracy = maybe_evaluate(&mut run, &trainer, step, outcome.stopping, comm, &mut link)?;
         if let Some(writer) = &writer {
             maybe_save(writer, &run, &trainer, step, outcome.stopping, accuracy)?;
-            report_saves(writer.finished(), control.as_deref_mut())?;
+            report_saves(writer.finished(), &mut link)?;
         }
         if outcome.stopping {
             info!(rank, step, "stopping after this step as the launcher asked");
@@ -211,11 +238,9 @@ pub fn train<B: TrainBackend>(
         }
     }
     drop(loader);
-    if let Some(control) = control.as_deref_mut() {
-        control.heartbeat(step, Phase::Finishing)?;
-    }
+    link.heartbeat(step, Phase::Finishing)?;
     if let Some(writer) = writer {
-        report_saves(writer.flush(), control)?;
+        report_saves(writer.flush(), &mut link)?;
     }
     comm.barrier()?;
     Ok(RunSummary {
@@ -343,16 +368,14 @@ fn maybe_evaluate<B: TrainBackend>(
     step: u64,
     stopping: bool,
     comm: &mut dyn Collective,
-    mut control: Option<&mut ControlClient>,
+    link: &mut Link,
 ) -> Result<Option<f64>, TrainError> {
     let cfg = run.cfg;
     let every = cfg.eval.every_steps;
     if stopping || !(step == cfg.train.total_steps || (every > 0 && step.is_multiple_of(every))) {
         return Ok(None);
     }
-    if let Some(control) = control.as_deref_mut() {
-        control.heartbeat(step, Phase::Eval)?;
-    }
+    link.heartbeat(step, Phase::Eval)?;
     let copy = compute_copy(trainer.model(), cfg.train.precision);
     let model = copy.as_ref().unwrap_or(trainer.model());
     let result = evaluate(
@@ -372,15 +395,10 @@ fn maybe_evaluate<B: TrainBackend>(
         samples = result.samples,
         "eval"
     );
-    if let Some(control) = control {
-        report(
-            control,
-            Record::Eval(EvalRecord {
-                split: "test".into(),
-                result,
-            }),
-        )?;
-    }
+    link.report(Record::Eval(EvalRecord {
+        split: "test".into(),
+        result,
+    }))?;
     run.best = Some(run.best.map_or(result.combined, |b| b.max(result.combined)));
     run.last_eval = Some(result);
     Ok(Some(result.combined))
@@ -569,7 +587,7 @@ fn checkpoint_data<B: TrainBackend>(
 /// checkpoints and training goes on, saying so (the launcher counts it in
 /// `swinfc_checkpoints_total{result="failure"}`); a failed last save of a run (its end, or a drain)
 /// has no later save to make up for it, and fails the run once reported.
-fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient>) -> Result<(), TrainError> {
+fn report_saves(results: Vec<SaveResult>, link: &mut Link) -> Result<(), TrainError> {
     for result in results {
         let (record, fatal) = match result {
             Ok(saved) => {
@@ -606,20 +624,12 @@ fn report_saves(results: Vec<SaveResult>, mut control: Option<&mut ControlClient
                 (record, fatal)
             }
         };
-        if let Some(control) = control.as_deref_mut() {
-            report(control, Record::Checkpoint(record))?;
-        }
+        link.report(Record::Checkpoint(record))?;
         if let Some(error) = fatal {
             return Err(error);
         }
     }
     Ok(())
-}
-
-/// Sends one record to the launcher.
-fn report(control: &mut ControlClient, record: Record) -> Result<(), TrainError> {
-    let value = serde_json::to_value(record).expect("records have string keys and no custom serialisers");
-    Ok(control.report(value)?)
 }
 
 /// Top-1 of every head on this rank's shard of the test split, summed over ranks.

@@ -8,11 +8,12 @@ use std::time::Duration;
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
 use swinfc_comm::{Collective, ControlClient, LocalCollective, TcpRing, WorkerIdentity};
 use swinfc_config::ConfigError;
+use swinfc_metrics::record::Record;
 use tracing::info;
 
 use crate::config::{Precision, TrainConfig};
 use crate::sync::GradSync;
-use crate::trainer::{Resume, RunSummary, TrainError, train};
+use crate::trainer::{Link, Resume, RunSummary, TrainError, train};
 
 /// How long rendezvous and each collective may take before the worker gives up.
 const COMM_TIMEOUT: Duration = Duration::from_secs(300);
@@ -28,23 +29,28 @@ pub fn run_worker(cfg: &TrainConfig, resume: &Resume) -> Result<RunSummary, Trai
         round = identity.restart_round,
         "joined"
     );
-    on_backend(cfg, resume, &mut ring, Some(&mut control))
+    on_backend(cfg, resume, &mut ring, Link::Launcher(&mut control))
 }
 
-/// `swinfc train`: world size 1 in this process, no launcher.
-pub fn run_local(cfg: &TrainConfig, resume: &Resume) -> Result<RunSummary, TrainError> {
-    on_backend(cfg, resume, &mut LocalCollective, None)
+/// `swinfc train`: world size 1 in this process, no launcher; `observe` sees every record (each
+/// step, eval and finished save) as it happens.
+pub fn run_local(
+    cfg: &TrainConfig,
+    resume: &Resume,
+    observe: &mut dyn FnMut(&Record),
+) -> Result<RunSummary, TrainError> {
+    on_backend(cfg, resume, &mut LocalCollective, Link::Local(observe))
 }
 
 fn on_backend(
     cfg: &TrainConfig,
     resume: &Resume,
     comm: &mut dyn Collective,
-    control: Option<&mut ControlClient>,
+    link: Link,
 ) -> Result<RunSummary, TrainError> {
     #[cfg(feature = "cuda")]
     if swinfc_model::backend::cuda_device_count() > 0 {
-        return on_cuda(cfg, resume, comm, control);
+        return on_cuda(cfg, resume, comm, link);
     }
     if cfg.train.precision != Precision::Fp32 {
         return Err(ConfigError::new(
@@ -55,7 +61,7 @@ fn on_backend(
         .into());
     }
     info!("backend: cpu (flex), precision fp32, gradients summed on the host");
-    train::<Autodiff<Flex>>(cfg, resume, comm, control, GradSync::Host, &FlexDevice)
+    train::<Autodiff<Flex>>(cfg, resume, comm, link, GradSync::Host, &FlexDevice)
 }
 
 /// GPU 0 (the launcher gives each worker its own through `CUDA_VISIBLE_DEVICES`).
@@ -64,14 +70,15 @@ fn on_cuda(
     cfg: &TrainConfig,
     resume: &Resume,
     comm: &mut dyn Collective,
-    mut control: Option<&mut ControlClient>,
+    mut link: Link,
 ) -> Result<RunSummary, TrainError> {
     use burn::backend::Cuda;
 
     use crate::sync::NcclAllReduce;
 
     let device = cuda_device(cfg.train.precision)?;
-    let grad_sync = match control.as_deref_mut() {
+    let launched = matches!(link, Link::Launcher(_));
+    let grad_sync = match link.launcher() {
         Some(control) => GradSync::Device(Box::new(NcclAllReduce {
             comm: swinfc_comm::nccl::NcclComm::connect(control, 0, COMM_TIMEOUT)?,
             timeout: COMM_TIMEOUT,
@@ -80,10 +87,10 @@ fn on_cuda(
     };
     info!(
         precision = ?cfg.train.precision,
-        gradients = if control.is_some() { "nccl" } else { "local" },
+        gradients = if launched { "nccl" } else { "local" },
         "backend: cuda"
     );
-    train::<Autodiff<Cuda>>(cfg, resume, comm, control, grad_sync, &device)
+    train::<Autodiff<Cuda>>(cfg, resume, comm, link, grad_sync, &device)
 }
 
 /// GPU 0, set up for `precision`. Call it before any tensor exists on the GPU.
