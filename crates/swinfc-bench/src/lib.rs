@@ -444,4 +444,51 @@ mod tests {
         let bytes = |t: &Trainer<B>| safetensors_bytes(&state_dict(t.model()), None).expect("f32 tensors");
         assert!(bytes(&bench) == bytes(&training), "the weights differ");
     }
+
+    /// The GPU workers' step (gradients, norm and clip on the device, its first step checked
+    /// against the host) run through the same generic code on Flex trains like the CPU workers'
+    /// host path: the same losses and weights within f32 summation differences.
+    #[test]
+    fn the_device_path_trains_like_the_host_path() {
+        use burn::backend::{Autodiff, Flex, flex::FlexDevice};
+        use swinfc_model::weights::state_dict;
+        type B = Autodiff<Flex>;
+        let (cfg, settings) = tiny();
+        let model = cfg.init::<B>(settings.seed, &FlexDevice);
+        let batch = random_batch(&cfg, &settings);
+        let loss = LossConfig::new();
+        let run = |grad_sync| {
+            let mut trainer = trainer(model.clone(), &loss, &settings, grad_sync, &FlexDevice);
+            let losses: Vec<(f32, f64)> = (0..4)
+                .map(|step| {
+                    let outcome = trainer
+                        .train_step(
+                            std::iter::once(Ok(batch.clone())),
+                            step,
+                            false,
+                            &mut LocalCollective,
+                        )
+                        .expect("the device check passes on Flex");
+                    (outcome.losses.total, outcome.grad_norm)
+                })
+                .collect();
+            (losses, state_dict(trainer.model()))
+        };
+        let (host_losses, host) = run(GradSync::Host);
+        let (device_losses, device) = run(GradSync::Device(Box::new(LocalCollective)));
+        for ((hl, hn), (dl, dn)) in host_losses.iter().zip(&device_losses) {
+            assert!((hl - dl).abs() <= 1e-4 * hl.abs(), "loss {hl} vs {dl}");
+            assert!((hn - dn).abs() <= 1e-4 * hn, "norm {hn} vs {dn}");
+        }
+        for (name, h) in &host {
+            let d = &device[name];
+            let scale = h.data.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = h
+                .data
+                .iter()
+                .zip(&d.data)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * scale.max(1e-3), "{name}: {diff} (scale {scale})");
+        }
+    }
 }

@@ -83,6 +83,10 @@ fn train(e: &TrainError) -> &'static str {
         TrainError::NoReadableImages { .. } | TrainError::DataRanOut { .. } => {
             "`swinfc data check CONFIG` lists every unreadable image; fix or remove them"
         }
+        TrainError::DeviceCheck(_) => {
+            "a bug of the GPU path, not of your run: train on CPU workers (--cpu N) meanwhile, and \
+             report the message with the output of `swinfc bench probe --backend cuda --config CONFIG`"
+        }
         TrainError::LastSaveFailed { .. } => {
             "free space or fix the permissions of run.dir, then run the same command: it resumes \
              from the newest checkpoint"

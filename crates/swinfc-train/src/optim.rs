@@ -14,6 +14,7 @@ use swinfc_model::weights::{StateDict, WeightsError, load_state_dict, state_dict
 use swinfc_model::{ParamGroup, SwinFc};
 
 use crate::config::Precision;
+use crate::sync::{CheckError, ELEMENT_TOLERANCE};
 
 /// One parameter in flat order.
 #[derive(Debug, Clone)]
@@ -154,13 +155,42 @@ impl<B: AutodiffBackend> Sgd<B> {
         grad: Tensor<B::InnerBackend, 1>,
         settings: StepSettings,
     ) -> SwinFc<B> {
-        model.map(&mut Update {
+        self.update(model, grad, settings, false).0
+    }
+
+    /// [`Sgd::step`], and every updated parameter and momentum buffer compared with the same
+    /// update computed on the host from copies of the same values (the device check of
+    /// [`crate::sync`]): a parameter that differs by more than 1e-6 relative is an error naming it.
+    pub fn step_checked(
+        &mut self,
+        model: SwinFc<B>,
+        grad: Tensor<B::InnerBackend, 1>,
+        settings: StepSettings,
+    ) -> Result<SwinFc<B>, CheckError> {
+        match self.update(model, grad, settings, true) {
+            (model, None) => Ok(model),
+            (_, Some(mismatch)) => Err(mismatch),
+        }
+    }
+
+    fn update(
+        &mut self,
+        model: SwinFc<B>,
+        grad: Tensor<B::InnerBackend, 1>,
+        settings: StepSettings,
+        check: bool,
+    ) -> (SwinFc<B>, Option<CheckError>) {
+        let mut update = Update {
             layout: &self.layout,
             grad,
             velocity: &mut self.velocity,
             settings,
             index: 0,
-        })
+            check,
+            mismatch: None,
+        };
+        let model = model.map(&mut update);
+        (model, update.mismatch)
     }
 
     /// Momentum buffers by parameter name, in PyTorch layout (as `model.safetensors`).
@@ -193,6 +223,9 @@ struct Update<'a, B: AutodiffBackend> {
     velocity: &'a mut Vec<Tensor<B::InnerBackend, 1>>,
     settings: StepSettings,
     index: usize,
+    /// Compare each parameter's update with the host's; the first that differs is kept.
+    check: bool,
+    mismatch: Option<CheckError>,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
@@ -215,13 +248,55 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         } else {
             g
         };
+        let before = self.check.then(|| (p.clone(), self.velocity[self.index].clone()));
         let v = self.velocity[self.index].clone().mul_scalar(s.momentum) + d;
-        let p = p - v.clone().mul_scalar(lr);
+        let p_new = p - v.clone().mul_scalar(lr);
+        if let Some((p, v_old)) = before.filter(|_| self.mismatch.is_none()) {
+            let g = self.grad.clone().narrow(0, slot.offset, slot.numel);
+            let host = [p, v_old, g, p_new.clone(), v.clone()].map(host_f32);
+            self.mismatch = check_update(&slot.name, &host, lr, s);
+        }
         self.velocity[self.index] = v;
         self.index += 1;
-        let updated = Tensor::from_inner(p.reshape(shape).cast(dtype)).require_grad();
+        let updated = Tensor::from_inner(p_new.reshape(shape).cast(dtype)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
     }
+}
+
+/// One parameter's update, `[p, v, g, p_new, v_new]` read back from the device, against the
+/// same update in f32 on the host.
+fn check_update(
+    name: &str,
+    [p, v, g, p_new, v_new]: &[Vec<f32>; 5],
+    lr: f64,
+    s: StepSettings,
+) -> Option<CheckError> {
+    let (lr, momentum, decay) = (lr as f32, s.momentum as f32, s.weight_decay as f32);
+    for i in 0..p.len() {
+        let v_want = momentum * v[i] + (g[i] + decay * p[i]);
+        let p_want = p[i] - lr * v_want;
+        let close = |got: f32, want: f32, scale: f32| (got - want).abs() <= ELEMENT_TOLERANCE as f32 * scale;
+        let scale = p[i].abs() + (lr * v_want).abs() + f32::MIN_POSITIVE;
+        if !close(v_new[i], v_want, v_want.abs() + g[i].abs() + f32::MIN_POSITIVE)
+            || !close(p_new[i], p_want, scale)
+        {
+            return Some(CheckError {
+                stage: "SGD update",
+                parameter: name.to_string(),
+                detail: format!(
+                    "element {i}: parameter {:e} against {p_want:e}, momentum {:e} against {v_want:e}",
+                    p_new[i], v_new[i]
+                ),
+            });
+        }
+    }
+    None
+}
+
+fn host_f32<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    t.into_data()
+        .to_vec::<f32>()
+        .expect("parameters are updated in f32")
 }
 
 struct ReplaceValues<'a, B: Backend> {

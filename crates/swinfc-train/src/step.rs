@@ -7,8 +7,9 @@
 //! - `forward`: the forward passes and their losses, summed over the micro-batches;
 //! - `backward`: the backward passes, and flattening each micro-batch's gradients into the
 //!   step's flat sum;
-//! - `grad_sync`: the one host read of the step's losses, then [`GradSync::average`]: the
-//!   all-reduce (with the losses and stop votes riding along), the average, the norm and the clip;
+//! - `grad_sync`: [`GradSync::average`]: the all-reduce (with the losses, sample counts and stop
+//!   votes riding along), the average, the norm and the clip, and the one host read of the step
+//!   (the averaged losses and, on a device, the norm);
 //! - `optimizer`: the SGD update (nothing when the step is skipped);
 //! - `other`: the rest of the step's wall time: the bf16 compute copy, uploading the batches.
 //!
@@ -35,7 +36,7 @@ use swinfc_model::{LossConfig, LossParts, SwinFc, TrainBackend, swinfc_loss};
 use tracing::warn;
 
 use crate::config::{TrainConfig, TrainSection};
-use crate::optim::{Sgd, StepSettings, compute_copy, flatten_grads, learning_rate};
+use crate::optim::{Sgd, StepSettings, compute_copy, flat_tensor, flatten_grads, learning_rate};
 use crate::sync::GradSync;
 use crate::trainer::TrainError;
 
@@ -199,6 +200,8 @@ pub struct Trainer<B: AutodiffBackend> {
     config: StepConfig,
     /// Consecutive skipped steps; a checkpoint keeps it across a resume.
     nonfinite_streak: u32,
+    /// Whether a step of this process has checked the device path against the host's.
+    device_checked: bool,
     device: B::Device,
 }
 
@@ -217,6 +220,7 @@ impl<B: TrainBackend> Trainer<B> {
             grad_sync,
             config,
             nonfinite_streak,
+            device_checked: false,
             device,
         }
     }
@@ -294,20 +298,18 @@ impl<B: TrainBackend> Trainer<B> {
         let grad_sum = grad_sum.unwrap_or_else(|| Tensor::zeros([self.sgd.layout().len], &self.device));
         let loss_sum = loss_sum.unwrap_or_else(|| Tensor::zeros([LOSS_SLOTS], &self.device));
 
-        // All-reduce the gradients, losses and stop votes together, average over the global
-        // batch's micro-batches, clip.
+        // All-reduce the gradients, losses, sample counts and stop votes together, average over
+        // the global batch's micro-batches, clip; the first step also checks the device path.
         let t = Instant::now();
-        let mut extra = loss_sum
-            .into_data()
-            .to_vec::<f32>()
-            .expect("the loss terms are cast to f32");
-        extra.push(samples as f32);
-        extra.push(f32::from(stop_vote));
+        let counts = flat_tensor(vec![samples as f32, f32::from(stop_vote)], &self.device);
+        let extra = Tensor::cat(vec![loss_sum, counts], 0);
         let t_allreduce = Instant::now();
         let clip = self.config.train.grad_clip;
+        let check = !self.device_checked;
+        let layout = check.then(|| self.sgd.layout());
         let synced = self
             .grad_sync
-            .average(grad_sum, &extra, world * accum, clip, comm)?;
+            .average(grad_sum, extra, world * accum, clip, comm, layout)?;
         let allreduce_seconds = t_allreduce.elapsed().as_secs_f64();
         let mut means = synced.extra;
         // Averaged like the losses: any rank's vote leaves it above 0.
@@ -346,7 +348,12 @@ impl<B: TrainBackend> Trainer<B> {
                 weight_decay: train.weight_decay,
             };
             let model = self.model.take().expect("the model is back after every update");
-            self.model = Some(self.sgd.step(model, synced.grad, settings));
+            self.model = Some(if check {
+                self.device_checked = true;
+                self.sgd.step_checked(model, synced.grad, settings)?
+            } else {
+                self.sgd.step(model, synced.grad, settings)
+            });
         } else {
             self.nonfinite_streak += 1;
             warn!(rank, step, norm, "non-finite loss or gradient: step skipped");

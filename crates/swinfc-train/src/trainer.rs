@@ -36,7 +36,7 @@ use crate::checkpoint::{
 use crate::config::TrainConfig;
 use crate::optim::{FlatLayout, Sgd, compute_copy};
 use crate::step::{StepConfig, StepOutcome, Trainer};
-use crate::sync::GradSync;
+use crate::sync::{CheckError, GradSync, SyncError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -69,6 +69,8 @@ pub enum TrainError {
     },
     #[error("device: {0}")]
     Device(#[from] ExecutionError),
+    #[error(transparent)]
+    DeviceCheck(#[from] CheckError),
     #[error(
         "the {reason} checkpoint of step {step} could not be written: {error}; earlier checkpoints \
          are intact, the steps after them are not saved: free space or fix the directory, then \
@@ -91,6 +93,15 @@ pub enum TrainError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+impl From<SyncError> for TrainError {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::Comm(e) => TrainError::Comm(e),
+            SyncError::Check(e) => TrainError::DeviceCheck(e),
+        }
+    }
+}
+
 impl TrainError {
     /// Whether running the same command again would fail the same way: a restart cannot fix it.
     pub fn is_permanent(&self) -> bool {
@@ -101,6 +112,7 @@ impl TrainError {
             | TrainError::NonFinite(_)
             | TrainError::NonFiniteWeights { .. }
             | TrainError::NoReadableImages { .. }
+            | TrainError::DeviceCheck(_)
             | TrainError::LastSaveFailed { .. } => true,
             // A loader thread's panic or an I/O error may pass; bad data does not.
             TrainError::Data(e) => !matches!(e, DataError::Io { .. } | DataError::Internal(_)),
