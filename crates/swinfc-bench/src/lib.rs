@@ -4,9 +4,12 @@
 //! network time) on a fixed random batch. It runs [`Trainer::train_step`], the step
 //! [`swinfc_train::train`] runs, in its profiling mode, so each phase is what training spends on
 //! it per micro-batch. `swinfc bench ops`: the ops that step spends its time in, one at a time.
+//! `swinfc bench probe` ([`probe`]): one step on a device against the CPU, stage by stage.
 //!
 //! Owns: the benchmark settings, timing and reports. Must not: train, read a dataset, or change
 //! the step it times — it calls swinfc-train's, so a bench measures exactly what training runs.
+
+pub mod probe;
 
 use std::time::Instant;
 

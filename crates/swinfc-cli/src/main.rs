@@ -89,6 +89,11 @@ enum BenchCommand {
     /// CONFIG's model (`model`, `loss`, `train.micro_batch`) on a random batch, its phases timed
     /// with device syncs; prints the median and spread of the timed steps.
     TrainStep(TrainStepArgs),
+    /// One training step of CONFIG's model on --backend and on the CPU from the same weights and
+    /// batch, compared stage by stage (gradients from backward, the flat buffer, the device's sums
+    /// of squares, the synced and clipped gradient, the updated weights); exits 1 when a stage
+    /// parts from the CPU beyond its tolerance.
+    Probe(ProbeArgs),
     /// The step's dominant ops one at a time (forward + backward, median ms) on the CPU backend;
     /// bench/torch/ops.py times the same ops in PyTorch.
     Ops {
@@ -121,6 +126,24 @@ struct TrainStepArgs {
     /// As `train.precision`: bf16 (CUDA only) computes on a bf16 copy of the f32 weights.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     precision: PrecisionArg,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// `model`, `loss` and `train.micro_batch` are read.
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// The device side's compute precision (the CPU side is fp32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    precision: PrecisionArg,
+    /// The clip norm of the sync stage.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -266,6 +289,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::TrainStep(args)) => bench_train_step(&args),
+        Command::Bench(BenchCommand::Probe(args)) => bench_probe(&args),
         Command::Bench(BenchCommand::Ops { threads, reps }) => {
             if let Some(threads) = threads {
                 bench::set_cpu_threads(threads).context("sizing the CPU thread pool")?;
@@ -365,6 +389,67 @@ fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
         print!("{}", report.table());
     }
     Ok(())
+}
+
+fn bench_probe(args: &ProbeArgs) -> Result<()> {
+    let doc = read_document(&args.config, &[])?;
+    let (model_cfg, loss_cfg, micro_batch) =
+        bench::config_from_yaml(&doc).with_context(|| format!("in {}", args.config.display()))?;
+    let settings = BenchSettings {
+        micro_batch,
+        steps: 1,
+        warmup: 0,
+        seed: 0,
+        precision: match args.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        },
+    };
+    let report = match (args.backend, args.precision) {
+        (BackendArg::Cpu, PrecisionArg::Fp32) => {
+            bench::probe::probe_cpu(&model_cfg, &loss_cfg, &settings, args.clip)?
+        }
+        (BackendArg::Cpu, PrecisionArg::Bf16) => {
+            bail!("--precision bf16 is not supported with --backend cpu: the CPU backend trains in fp32 only")
+        }
+        (BackendArg::Cuda, _) => probe_cuda(&model_cfg, &loss_cfg, &settings, args.clip)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    match report.first_parting() {
+        Some(stage) => bail!(
+            "the device parts from the CPU at `{}` ({})",
+            stage.name,
+            stage.worst
+        ),
+        None => Ok(()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn probe_cuda(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    clip: f64,
+) -> Result<bench::probe::ProbeReport> {
+    if swinfc_model::backend::cuda_device_count() == 0 {
+        bail!("--backend cuda: no CUDA device is visible (is libcuda installed and a GPU present?)");
+    }
+    Ok(bench::probe::probe_cuda(model_cfg, loss_cfg, settings, clip)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn probe_cuda(
+    _: &ModelConfig,
+    _: &LossConfig,
+    _: &BenchSettings,
+    _: f64,
+) -> Result<bench::probe::ProbeReport> {
+    bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
 }
 
 #[cfg(feature = "cuda")]

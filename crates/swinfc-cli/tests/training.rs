@@ -359,6 +359,48 @@ fn swinfc_errors_end_with_what_to_do() {
     }
 }
 
+/// `swinfc bench probe` on the CPU (its stand-in for a device) agrees with itself at every
+/// stage and exits 0; asked for CUDA by a build without it, it says so and exits 1.
+#[test]
+fn bench_probe_compares_stage_by_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("probe.yaml");
+    std::fs::write(
+        &cfg,
+        "model: {preset: tiny, img_size: 32, embed_dim: 16, branch_dim: 32, ea_memory: 4, num_classes: 4}\ntrain: {micro_batch: 2}\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = swinfc(&["bench", "probe", "--config", cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "gradients from backward",
+        "device: flat buffer against its own per-parameter gradients",
+        "narrow(129,",
+        "updated parameters",
+        "every stage agrees within its tolerance",
+    ] {
+        assert!(stdout.contains(want), "want `{want}` in\n{stdout}");
+    }
+    let json = swinfc(&["bench", "probe", "--config", cfg, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert!(
+        report["stages"].as_array().is_some_and(|s| s.len() >= 10),
+        "{report}"
+    );
+    if !cfg!(feature = "cuda") {
+        fails_with(
+            &swinfc(&["bench", "probe", "--config", cfg, "--backend", "cuda"]),
+            &["built without the `cuda` feature"],
+        );
+    }
+}
+
 /// A 24-bit BMP of `side`×`side` pixels.
 fn write_bmp(path: &Path, side: u32, rgb: [u8; 3]) {
     let row = (side * 3).div_ceil(4) * 4;

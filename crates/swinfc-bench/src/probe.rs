@@ -1,0 +1,513 @@
+//! `swinfc bench probe`: one training step on a device backend and on the CPU (Flex) from the
+//! same weights and batch, compared stage by stage, so a device that computes wrong numbers shows
+//! where it parts from the CPU. CUDA training once did not learn and nobody knew why
+//! (performance.md §3): the stages follow a gradient from `backward` to the updated weights, and
+//! the device's own sums are compared with the host's f64 sums of the same values.
+//!
+//! With `--backend cpu` both sides are Flex: every difference must be zero, which checks the probe.
+
+use burn::backend::{Autodiff, Flex, flex::FlexDevice};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use serde::Serialize;
+use swinfc_comm::LocalCollective;
+use swinfc_model::weights::{load_state_dict, state_dict};
+use swinfc_model::{LossConfig, ModelConfig, SwinFc, TrainBackend, swinfc_loss};
+use swinfc_train::TrainError;
+use swinfc_train::config::Precision;
+use swinfc_train::optim::{FlatLayout, Sgd, StepSettings, compute_copy, flatten_grads};
+use swinfc_train::sync::GradSync;
+
+use swinfc_data::Batch;
+
+use crate::{BenchSettings, random_batch};
+
+/// Offsets of the `narrow`ed views whose sums of squares are compared: aligned to 512 bytes
+/// (CUDA's pitch) and not.
+const NARROW_OFFSETS: [usize; 5] = [0, 1, 37, 128, 129];
+
+/// One compared stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    /// Largest absolute difference.
+    pub max_abs: f64,
+    /// Largest difference relative to the reference's magnitude (per tensor: its largest |value|).
+    pub max_rel: f64,
+    /// The tensor where `max_rel` is (`-` for a scalar).
+    pub worst: String,
+    /// Above this `max_rel`, the stage parts from the reference.
+    pub tolerance: f64,
+}
+
+impl Stage {
+    /// Differs beyond its tolerance (a NaN difference does).
+    pub fn parts(&self) -> bool {
+        self.max_rel.is_nan() || self.max_rel > self.tolerance
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub backend: String,
+    pub precision: String,
+    pub parameters: usize,
+    pub elements: usize,
+    pub stages: Vec<Stage>,
+}
+
+impl ProbeReport {
+    /// The first stage, in step order, that parts from its reference.
+    pub fn first_parting(&self) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.parts())
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "probe: one step on {} ({}) against the CPU from the same weights and batch; {} \
+             parameters, {} values\n{:<58} {:>11} {:>11} {:>9}  worst\n",
+            self.backend,
+            self.precision,
+            self.parameters,
+            self.elements,
+            "stage",
+            "max abs",
+            "max rel",
+            "tolerance"
+        );
+        for stage in &self.stages {
+            s.push_str(&format!(
+                "{:<58} {:>11.3e} {:>11.3e} {:>9.0e}  {}{}\n",
+                stage.name,
+                stage.max_abs,
+                stage.max_rel,
+                stage.tolerance,
+                stage.worst,
+                if stage.parts() { "  <- PARTS" } else { "" }
+            ));
+        }
+        match self.first_parting() {
+            Some(stage) => s.push_str(&format!(
+                "first stage that parts: {} (at {})\n",
+                stage.name, stage.worst
+            )),
+            None => s.push_str("every stage agrees within its tolerance\n"),
+        }
+        s
+    }
+}
+
+/// What one side of the probe computed, read back to the host.
+struct Side {
+    losses: Vec<f32>,
+    /// Each parameter's gradient straight from `backward` (its own shape, read in logical order).
+    param_grads: Vec<Vec<f32>>,
+    /// The flat buffer the step sums (`flatten_grads`), read back.
+    flat: Vec<f32>,
+    /// The device's sums of squares of that buffer: `powi_scalar(2).sum()`, `(x * x).sum()`.
+    sum_sq_powi: f64,
+    sum_sq_mul: f64,
+    /// Sums of squares of `narrow`ed views of it, at [`NARROW_OFFSETS`].
+    narrow_sum_sq: Vec<f64>,
+    /// The step's sync (the device path on a device, the host path on the CPU): norm, clipped.
+    norm: f64,
+    clipped: Vec<f32>,
+    /// The updated parameters, by name.
+    updated: Vec<(String, Vec<f32>)>,
+}
+
+/// Runs the probe of `model_cfg` on backend `D` (`backend` names it in the report).
+pub fn probe<D: TrainBackend>(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    max_norm: f64,
+    backend: &str,
+    device: &D::Device,
+) -> Result<ProbeReport, TrainError> {
+    type Cpu = Autodiff<Flex>;
+    let reference = model_cfg.init::<Cpu>(settings.seed, &FlexDevice);
+    let (model, _) = load_state_dict(
+        model_cfg.init::<D>(settings.seed, device),
+        &state_dict(&reference),
+    )?;
+    let layout = FlatLayout::of(&reference);
+    let batch = random_batch(model_cfg, settings);
+    let cpu = side::<Cpu>(
+        reference,
+        &batch,
+        loss_cfg,
+        Precision::Fp32,
+        max_norm,
+        GradSync::Host,
+        &FlexDevice,
+    )?;
+    let dev = side::<D>(
+        model,
+        &batch,
+        loss_cfg,
+        settings.precision,
+        max_norm,
+        GradSync::Device(Box::new(LocalCollective)),
+        device,
+    )?;
+
+    let vs_cpu = match settings.precision {
+        // GELU's backward on CubeBackend is the tanh approximation's (burn.md §11): ~1e-3.
+        Precision::Fp32 => 1e-2,
+        Precision::Bf16 => 1e-1,
+    };
+    let names: Vec<&str> = layout.slots.iter().map(|s| s.name.as_str()).collect();
+    let per_param = |flat: &[f32]| -> Vec<Vec<f32>> {
+        layout
+            .slots
+            .iter()
+            .map(|s| flat[s.offset..s.offset + s.numel].to_vec())
+            .collect()
+    };
+    let host_sum_sq = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
+    let mut stages = vec![
+        compare("loss terms", &[("losses", &dev.losses, &cpu.losses)], vs_cpu),
+        compare_tensors(
+            "gradients from backward",
+            &names,
+            &dev.param_grads,
+            &cpu.param_grads,
+            vs_cpu,
+        ),
+        // Within the device: the flat buffer must hold exactly the values backward produced.
+        compare_tensors(
+            "device: flat buffer against its own per-parameter gradients",
+            &names,
+            &per_param(&dev.flat),
+            &dev.param_grads,
+            1e-6,
+        ),
+        compare_tensors(
+            "flat buffer",
+            &names,
+            &per_param(&dev.flat),
+            &per_param(&cpu.flat),
+            vs_cpu,
+        ),
+    ];
+    let host = host_sum_sq(&dev.flat);
+    stages.push(scalar(
+        "device: powi_scalar(2).sum() of the flat buffer vs host f64",
+        dev.sum_sq_powi,
+        host,
+        1e-4,
+    ));
+    stages.push(scalar(
+        "device: (x * x).sum() of the flat buffer vs host f64",
+        dev.sum_sq_mul,
+        host,
+        1e-4,
+    ));
+    for (offset, got) in NARROW_OFFSETS.iter().zip(&dev.narrow_sum_sq) {
+        let (start, len) = narrow_range(dev.flat.len(), *offset);
+        let want = host_sum_sq(&dev.flat[start..start + len]);
+        let name = format!("device: sum of squares of narrow({offset}, {len}) vs host f64");
+        stages.push(scalar(&name, *got, want, 1e-4));
+    }
+    stages.push(scalar(
+        "gradient norm (device path vs CPU host path)",
+        dev.norm,
+        cpu.norm,
+        vs_cpu,
+    ));
+    stages.push(compare_tensors(
+        "averaged, clipped gradient",
+        &names,
+        &per_param(&dev.clipped),
+        &per_param(&cpu.clipped),
+        vs_cpu,
+    ));
+    let updated_names: Vec<&str> = cpu.updated.iter().map(|(n, _)| n.as_str()).collect();
+    let values = |side: &Side| side.updated.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    stages.push(compare_tensors(
+        "updated parameters",
+        &updated_names,
+        &values(&dev),
+        &values(&cpu),
+        vs_cpu,
+    ));
+
+    Ok(ProbeReport {
+        backend: backend.to_string(),
+        precision: format!("{:?}", settings.precision).to_lowercase(),
+        parameters: layout.slots.len(),
+        elements: layout.len,
+        stages,
+    })
+}
+
+/// The start and length of the view at `offset` of a buffer of `len` values: half of it, so the
+/// view ends inside the buffer at any offset.
+fn narrow_range(len: usize, offset: usize) -> (usize, usize) {
+    let start = offset.min(len.saturating_sub(1));
+    (start, (len / 2).min(len - start).max(1))
+}
+
+/// Forward, losses, backward, flatten, sync and update of `model` on one side.
+fn side<B: TrainBackend>(
+    model: SwinFc<B>,
+    batch: &Batch,
+    loss_cfg: &LossConfig,
+    precision: Precision,
+    max_norm: f64,
+    mut grad_sync: GradSync<B::InnerBackend>,
+    device: &B::Device,
+) -> Result<Side, TrainError> {
+    let n = batch.shape[0];
+    let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images.clone(), batch.shape), device);
+    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [n]), device);
+    let copy = compute_copy(&model, precision);
+    let compute = copy.as_ref().unwrap_or(&model);
+    let parts = swinfc_loss(&compute.forward(images, Some(0x5EED)), labels, loss_cfg);
+    let [s2, s3, s4] = &parts.stage_ce;
+    let losses = [&parts.total, &parts.backbone_ce, s2, s3, s4, &parts.contrastive]
+        .iter()
+        .map(|t| host((*t).clone().inner().reshape([1])))
+        .flat_map(|v| v.into_iter())
+        .collect();
+    let grads = GradientsParams::from_grads(parts.total.backward(), compute);
+    let mut param_grads = Vec::new();
+    compute.visit(&mut ReadGrads::<B> {
+        grads: &grads,
+        out: &mut param_grads,
+        backend: std::marker::PhantomData,
+    });
+    let flat = flatten_grads(compute, &grads);
+    let flat_host = host(flat.clone());
+    let sum_sq_powi = f64::from(host(flat.clone().powi_scalar(2).sum())[0]);
+    let sum_sq_mul = f64::from(host((flat.clone() * flat.clone()).sum())[0]);
+    let narrow_sum_sq = NARROW_OFFSETS
+        .iter()
+        .map(|&offset| {
+            let (start, len) = narrow_range(flat_host.len(), offset);
+            f64::from(host(flat.clone().narrow(0, start, len).powi_scalar(2).sum())[0])
+        })
+        .collect();
+
+    let extra = Tensor::zeros([1], device);
+    let synced = grad_sync
+        .average(flat, extra, 1, max_norm, &mut LocalCollective, None)
+        .map_err(TrainError::from)?;
+    let clipped = host(synced.grad.clone());
+    let mut sgd = Sgd::new(FlatLayout::of(&model), device);
+    let step = StepSettings {
+        lr_backbone: 0.01,
+        lr_new: 0.05,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+    };
+    let updated = state_dict(&sgd.step(model, synced.grad, step))
+        .into_iter()
+        .map(|(name, t)| (name, t.data))
+        .collect();
+    Ok(Side {
+        losses,
+        param_grads,
+        flat: flat_host,
+        sum_sq_powi,
+        sum_sq_mul,
+        narrow_sum_sq,
+        norm: synced.norm,
+        clipped,
+        updated,
+    })
+}
+
+/// Each parameter's gradient as `backward` left it (zeros where there is none), read in order.
+struct ReadGrads<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    out: &'a mut Vec<Vec<f32>>,
+    backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ReadGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.shape().num_elements();
+        self.out
+            .push(match self.grads.get::<B::InnerBackend, D>(param.id) {
+                Some(g) => g
+                    .cast(FloatDType::F32)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .expect("cast to f32"),
+                None => vec![0.0; n],
+            });
+    }
+}
+
+fn host<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    t.cast(FloatDType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .expect("cast to f32")
+}
+
+/// Tensor by tensor: the largest difference relative to each reference tensor's largest value.
+fn compare_tensors(
+    stage: &str,
+    names: &[&str],
+    got: &[Vec<f32>],
+    want: &[Vec<f32>],
+    tolerance: f64,
+) -> Stage {
+    let triples: Vec<(&str, &Vec<f32>, &Vec<f32>)> = names
+        .iter()
+        .zip(got)
+        .zip(want)
+        .map(|((n, g), w)| (*n, g, w))
+        .collect();
+    let refs: Vec<(&str, &[f32], &[f32])> = triples
+        .iter()
+        .map(|(n, g, w)| (*n, g.as_slice(), w.as_slice()))
+        .collect();
+    compare(stage, &refs, tolerance)
+}
+
+fn compare(stage: &str, tensors: &[(&str, &[f32], &[f32])], tolerance: f64) -> Stage {
+    let mut result = Stage {
+        name: stage.to_string(),
+        max_abs: 0.0,
+        max_rel: 0.0,
+        worst: "-".into(),
+        tolerance,
+    };
+    for (name, got, want) in tensors {
+        let scale = want.iter().fold(0f64, |m, w| m.max(f64::from(w.abs())));
+        // A length mismatch or a NaN on one side only is as far apart as values get.
+        let abs = if got.len() == want.len() {
+            got.iter()
+                .zip(*want)
+                .map(|(g, w)| match (g.is_nan(), w.is_nan()) {
+                    (false, false) => f64::from(g - w).abs(),
+                    (true, true) => 0.0,
+                    _ => f64::INFINITY,
+                })
+                .fold(0f64, f64::max)
+        } else {
+            f64::INFINITY
+        };
+        let rel = abs / scale.max(1e-30);
+        result.max_abs = result.max_abs.max(abs);
+        if rel > result.max_rel {
+            result.max_rel = rel;
+            result.worst = name.to_string();
+        }
+    }
+    result
+}
+
+fn scalar(stage: &str, got: f64, want: f64, tolerance: f64) -> Stage {
+    let abs = if got.is_nan() == want.is_nan() && !got.is_nan() {
+        (got - want).abs()
+    } else if got.is_nan() && want.is_nan() {
+        0.0
+    } else {
+        f64::INFINITY
+    };
+    Stage {
+        name: stage.to_string(),
+        max_abs: abs,
+        max_rel: abs / want.abs().max(1e-30),
+        worst: format!("{got:.6e} vs {want:.6e}"),
+        tolerance,
+    }
+}
+
+/// Both sides on the CPU: every stage must agree exactly (a check of the probe itself).
+pub fn probe_cpu(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    max_norm: f64,
+) -> Result<ProbeReport, TrainError> {
+    probe::<Autodiff<Flex>>(model_cfg, loss_cfg, settings, max_norm, "cpu (flex)", &FlexDevice)
+}
+
+/// GPU 0 against the CPU, set up for `settings.precision` as a worker is.
+#[cfg(feature = "cuda")]
+pub fn probe_cuda(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    max_norm: f64,
+) -> Result<ProbeReport, TrainError> {
+    use burn::backend::Cuda;
+    let device = swinfc_train::worker::cuda_device(settings.precision)?;
+    probe::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, max_norm, "cuda:0", &device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (ModelConfig, BenchSettings) {
+        let cfg = ModelConfig {
+            img_size: 32,
+            embed_dim: 16,
+            branch_dim: 32,
+            ea_memory: 4,
+            num_classes: 5,
+            ..ModelConfig::preset("tiny").expect("a preset")
+        };
+        let settings = BenchSettings {
+            micro_batch: 2,
+            steps: 1,
+            warmup: 0,
+            seed: 3,
+            precision: Precision::Fp32,
+        };
+        (cfg, settings)
+    }
+
+    /// CPU against CPU: what both sides compute alike is equal to the bit, the device-path sums
+    /// (f32 on the "device", f64 on the host) agree within their tolerance, and nothing parts.
+    #[test]
+    fn the_cpu_agrees_with_itself_at_every_stage() {
+        let (cfg, settings) = tiny();
+        let report = probe_cpu(&cfg, &LossConfig::new(), &settings, 1.0).expect("a step");
+        assert!(report.first_parting().is_none(), "{}", report.table());
+        let exact = ["loss terms", "gradients from backward", "flat buffer"];
+        for stage in report.stages.iter().filter(|s| exact.contains(&s.name.as_str())) {
+            assert_eq!(stage.max_abs, 0.0, "{}", report.table());
+        }
+        assert!(
+            report.stages.iter().any(|s| s.name.contains("narrow(129,")),
+            "{}",
+            report.table()
+        );
+        assert!(
+            report
+                .table()
+                .ends_with("every stage agrees within its tolerance\n")
+        );
+    }
+
+    /// What a broken device looks like to the comparison: a NaN on one side, a value turned into
+    /// its sign, a buffer of the wrong length.
+    #[test]
+    fn a_difference_beyond_tolerance_parts_and_names_the_tensor() {
+        let want = [0.5f32, -2.0, 0.25];
+        let same = compare("s", &[("a", &want, &want)], 1e-6);
+        assert!(!same.parts() && same.max_abs == 0.0);
+        for got in [
+            vec![0.5f32, f32::NAN, 0.25],
+            vec![1.0, -1.0, 1.0],
+            vec![0.5, -2.0],
+        ] {
+            let stage = compare("s", &[("a", &want, &want), ("b", &got, &want)], 1e-2);
+            assert!(stage.parts(), "{got:?}: {stage:?}");
+            assert_eq!(stage.worst, "b");
+        }
+        assert!(scalar("n", f64::NAN, 1.0, 1e-2).parts());
+        assert!(!scalar("n", 1.0 + 1e-6, 1.0, 1e-4).parts());
+        assert!(scalar("n", 0.5, 1.0, 1e-4).parts());
+    }
+}
