@@ -1,5 +1,11 @@
 //! WebFG-496 sub-datasets (datasets.md §3): torchvision `ImageFolder` semantics on `train/` and
 //! `val/`. Classes are the sorted (byte order) `train/` folder names; `val/` folders map by name.
+//!
+//! Where a crawled folder tree would change the classes silently, it is said out loud: a `train/`
+//! class folder without an image is not a class (a warning names it), a symbolic link that leads
+//! back into the folder being walked is not followed (a warning names it: `ImageFolder` would
+//! recurse forever), a class folder whose name is not UTF-8 is an error (class names are stored
+//! as text), and image files whose names are not UTF-8 are read, with a warning naming the first.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,17 +39,34 @@ pub fn read(root: &Path, subset: WebfgSubset) -> Result<Dataset, DataError> {
         return Err(DataError::layout(&val_dir, "directory missing"));
     }
 
-    let classes = subdirs(&train_dir)?;
+    let mut train_files = class_files(&train_dir)?;
+    // Only when some class has images: an all-empty train/ is reported as an empty train split.
+    if train_files.iter().any(|(_, files)| !files.is_empty()) {
+        let empty: Vec<String> = train_files
+            .iter()
+            .filter(|(_, files)| files.is_empty())
+            .map(|(class, _)| class.clone())
+            .collect();
+        if !empty.is_empty() {
+            tracing::warn!(
+                dir = %train_dir.display(),
+                folders = ?empty,
+                "skipping class folders without an image: they are not classes"
+            );
+            train_files.retain(|(_, files)| !files.is_empty());
+        }
+    }
+    let classes: Vec<String> = train_files.iter().map(|(class, _)| class.clone()).collect();
     let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    let train = samples(&train_dir, &classes, &index)?;
-    let val_classes = subdirs(&val_dir)?;
-    if let Some(c) = val_classes.iter().find(|c| !index.contains_key(c.as_str())) {
+    let train = samples(&train_dir, &train_files, &index);
+    let val_files = class_files(&val_dir)?;
+    if let Some((c, _)) = val_files.iter().find(|(c, _)| !index.contains_key(c.as_str())) {
         return Err(DataError::layout(
             &val_dir.join(c),
-            "class folder is not in train/",
+            "class folder is not in train/ (or has no image there)",
         ));
     }
-    let test = samples(&val_dir, &val_classes, &index)?;
+    let test = samples(&val_dir, &val_files, &index);
     Ok(Dataset {
         name: format!("webfg/{}", subset.dir_name()),
         train,
@@ -52,13 +75,48 @@ pub fn read(root: &Path, subset: WebfgSubset) -> Result<Dataset, DataError> {
     })
 }
 
-/// Sorted names of the non-hidden subdirectories.
+/// Each class folder of a split (sorted by name) and its image files.
+fn class_files(split_dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>, DataError> {
+    let root = canonical(split_dir)?;
+    let mut non_utf8 = Vec::new();
+    let mut out = Vec::new();
+    for class in subdirs(split_dir)? {
+        let mut files = Vec::new();
+        walk(
+            &split_dir.join(&class),
+            &mut vec![root.clone()],
+            &mut files,
+            &mut non_utf8,
+        )?;
+        out.push((class, files));
+    }
+    if let Some(first) = non_utf8.first() {
+        tracing::warn!(
+            count = non_utf8.len(),
+            first = ?first,
+            "image file names that are not UTF-8: read as they are, shown with U+FFFD in logs"
+        );
+    }
+    Ok(out)
+}
+
+/// Sorted names of the non-hidden subdirectories (symbolic links to directories included, as
+/// `ImageFolder` has them); a name that is not UTF-8 cannot be a class name.
 fn subdirs(dir: &Path) -> Result<Vec<String>, DataError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.path().is_dir() {
+        let path = entry.path();
+        let Ok(name) = entry.file_name().into_string() else {
+            if path.is_dir() {
+                return Err(DataError::layout(
+                    &path,
+                    "class folder name is not UTF-8: rename it (class names are stored as text)",
+                ));
+            }
+            continue;
+        };
+        if !name.starts_with('.') && path.is_dir() {
             names.push(name);
         }
     }
@@ -72,30 +130,48 @@ fn subdirs(dir: &Path) -> Result<Vec<String>, DataError> {
 /// these datasets have (it differs only for sibling names that sort around `/`).
 fn samples(
     split_dir: &Path,
-    classes: &[String],
+    classes: &[(String, Vec<PathBuf>)],
     index: &HashMap<&str, usize>,
-) -> Result<Vec<Sample>, DataError> {
+) -> Vec<Sample> {
     let mut out = Vec::new();
-    for class in classes {
-        let mut files = Vec::new();
-        walk(&split_dir.join(class), &mut files)?;
+    for (class, files) in classes {
         for path in files {
             let id = path
                 .strip_prefix(split_dir)
-                .unwrap_or(&path)
+                .unwrap_or(path)
                 .to_string_lossy()
                 .into_owned();
             out.push(Sample {
                 id,
-                source: Source::File(path),
+                source: Source::File(path.clone()),
                 label: index[class.as_str()],
             });
         }
     }
-    Ok(out)
+    out
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+fn canonical(dir: &Path) -> Result<PathBuf, DataError> {
+    dir.canonicalize().map_err(|e| DataError::io(dir, e))
+}
+
+/// `dir`'s image files into `out`; `ancestors` are the real paths of the folders above it (and of
+/// the split), so a link back into one of them is seen as the loop it is.
+fn walk(
+    dir: &Path,
+    ancestors: &mut Vec<PathBuf>,
+    out: &mut Vec<PathBuf>,
+    non_utf8: &mut Vec<PathBuf>,
+) -> Result<(), DataError> {
+    let real = canonical(dir)?;
+    if ancestors.contains(&real) {
+        tracing::warn!(
+            link = %dir.display(),
+            target = %real.display(),
+            "skipping a symbolic link that leads back into the folder being read"
+        );
+        return Ok(());
+    }
     let mut entries: Vec<(String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
@@ -111,11 +187,16 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
         if ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
+            if path.file_name().and_then(|n| n.to_str()).is_none() {
+                non_utf8.push(path.clone());
+            }
             out.push(path);
         }
     }
+    ancestors.push(real);
     for (_, path) in dirs {
-        walk(&path, out)?;
+        walk(&path, ancestors, out, non_utf8)?;
     }
+    ancestors.pop();
     Ok(())
 }

@@ -237,6 +237,59 @@ fn webfg_val_class_missing_from_train_is_an_error() {
     assert!(e.contains("val/D_x") && e.contains("not in train"), "{e}");
 }
 
+/// Crawled folder trees that used to change the classes silently: a class folder without an image
+/// is not a class, links back into the tree are not followed (each loop read once, nothing read
+/// twice), and a non-UTF-8 image name is read like any other.
+#[test]
+fn webfg_skips_empty_classes_and_link_loops_and_reads_non_utf8_names() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    webfg_fixture(tmp.path());
+    let base = tmp.path().join("web-bird");
+    let train = base.join("train");
+    std::fs::create_dir_all(train.join("D_empty/nested")).unwrap();
+    symlink("..", train.join("B_x/sub/up")).unwrap(); // back to B_x
+    symlink(".", train.join("C_x/self")).unwrap();
+    symlink(".", train.join("Z_link_to_train")).unwrap(); // a "class" that is train/ itself
+    let odd = std::ffi::OsStr::from_bytes(b"a_x_\xff.jpg");
+    write(&train.join("a_x").join(odd), jpeg(20, 20, [1, 2, 3]));
+
+    let ds = open(&cfg_webfg(tmp.path())).unwrap();
+    assert_eq!(
+        ds.classes,
+        ["B_x", "C_x", "a_x"],
+        "empty and looping folders are no classes"
+    );
+    let paths: Vec<String> = rows(&ds.train, &base).into_iter().map(|r| r.2).collect();
+    assert_eq!(paths.len(), 6, "{paths:?}");
+    assert!(
+        paths.contains(&"train/a_x/a_x_\u{fffd}.jpg".to_string()),
+        "{paths:?}"
+    );
+    let unique: std::collections::BTreeSet<_> = paths.iter().collect();
+    assert_eq!(unique.len(), paths.len(), "nothing read twice: {paths:?}");
+}
+
+/// A class folder name that is not UTF-8 cannot be stored as a class name: an error naming it.
+#[test]
+fn webfg_class_folder_names_must_be_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    webfg_fixture(tmp.path());
+    let odd = std::ffi::OsStr::from_bytes(b"E_\xfe");
+    write(
+        &tmp.path().join("web-bird/train").join(odd).join("x.jpg"),
+        jpeg(8, 8, [0, 0, 0]),
+    );
+    let e = open(&cfg_webfg(tmp.path())).unwrap_err().to_string();
+    assert!(e.contains("E_") && e.contains("not UTF-8"), "{e}");
+}
+
+fn cfg_webfg(root: &Path) -> String {
+    format!("{{dataset: webfg, subset: web-bird, root: '{}'}}", root.display())
+}
+
 #[test]
 fn an_empty_train_split_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();

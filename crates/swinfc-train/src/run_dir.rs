@@ -7,6 +7,7 @@
 //!   run_id                 kept across restarts and requeues (launcher)
 //!   job-token              multi-node jobs without SWINFC_JOB_TOKEN (node 0's launcher)
 //!   events.jsonl           telemetry events (launcher)
+//!   prometheus-targets.json  the launcher's /metrics address while it serves it
 //!   logs/attempt-N/        per-rank logs of each attempt (launcher)
 //!   checkpoints/step-NNNNNNNN/{model,optimizer}.safetensors, state.json, MANIFEST.json, ...
 //!   checkpoints/latest
@@ -52,6 +53,11 @@ impl RunDir {
 
     pub fn events(&self) -> PathBuf {
         self.0.join(swinfc_metrics::EVENTS_FILE)
+    }
+
+    /// Where the launcher tells Prometheus its `/metrics` address, while it serves it.
+    pub fn prometheus_targets(&self) -> PathBuf {
+        self.0.join(swinfc_metrics::TARGETS_FILE)
     }
 
     pub fn job_token(&self) -> PathBuf {
@@ -115,6 +121,7 @@ impl RunDir {
             .map_err(io(path))?;
 
         self.remove_torn_saves()?;
+        self.remove_stale_targets()?;
         if *resume == Resume::None {
             self.clear_for_fresh_start(overwrite)?;
         }
@@ -136,6 +143,21 @@ impl RunDir {
             }
         }
         Ok(())
+    }
+
+    /// A targets file under the lock was left by a launcher that died (`kill -9`, a lost node):
+    /// its address answers nothing. Removed, so Prometheus stops scraping it until this launch
+    /// (if it serves `/metrics`) writes its own.
+    fn remove_stale_targets(&self) -> Result<(), RunDirError> {
+        let path = self.prometheus_targets();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed the Prometheus targets of a launcher that died");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RunDirError::Io { path, source }),
+        }
     }
 
     fn clear_for_fresh_start(&self, overwrite: bool) -> Result<(), RunDirError> {
@@ -251,5 +273,14 @@ mod tests {
         drop(run.claim(&Resume::Auto, false).unwrap());
         assert!(!torn.exists());
         assert!(run.checkpoint(6).exists());
+    }
+
+    #[test]
+    fn a_dead_launchers_prometheus_targets_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        std::fs::write(run.prometheus_targets(), r#"[{"targets": ["127.0.0.1:1"]}]"#).unwrap();
+        drop(run.claim(&Resume::Auto, false).unwrap());
+        assert!(!run.prometheus_targets().exists());
     }
 }
