@@ -55,6 +55,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         wall: started.elapsed(),
         preempted: run.preempted,
         checkpoint: committed,
+        requeued: None,
     };
     let bin = std::env::current_exe()?;
     eprint!("{}", summary::render(&cfg, &bin, &launched, &history));

@@ -374,6 +374,9 @@ fn a_stopped_worker_is_a_hang_and_the_run_recovers() {
     assert!(run.checkpoint(24).exists());
 }
 
+/// SIGTERM as `scancel` sends it, to every process of the job (the workers a moment before the
+/// launcher): one drain, one `signal` line naming SIGTERM, the workers stopping after the step
+/// the log announced, a run that ends `preempted`; resumed, it ends bit-identical.
 #[test]
 fn sigterm_drains_to_a_checkpoint_exits_143_and_resume_finishes_bit_identical() {
     let expected = reference();
@@ -395,6 +398,9 @@ fn sigterm_drains_to_a_checkpoint_exits_143_and_resume_finishes_bit_identical() 
     }
     let workers = workers_of(pid);
     let signalled = Instant::now();
+    for (_, worker) in &workers {
+        signal(*worker, libc::SIGTERM);
+    }
     signal(pid, libc::SIGTERM);
     let (status, log) = wait(launcher, Duration::from_secs(60));
     assert_eq!(status.code(), Some(143), "{log}");
@@ -412,6 +418,39 @@ fn sigterm_drains_to_a_checkpoint_exits_143_and_resume_finishes_bit_identical() 
         "drain checkpoint at step {} ({})",
         state.step,
         dir.display()
+    );
+    let announced = format!("stop_after={}", state.step);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("draining:") && l.contains(&announced)),
+        "want `{announced}` in the drain line:\n{log}"
+    );
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(run.run_dir().join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let signals: Vec<_> = events.iter().filter(|e| e["kind"] == "signal").collect();
+    assert_eq!(signals.len(), 1, "{signals:?}");
+    assert_eq!(signals[0]["signal"], "SIGTERM");
+    let states: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "state")
+        .map(|e| &e["state"])
+        .collect();
+    assert_eq!(states.last().unwrap().as_str(), Some("preempted"), "{states:?}");
+    assert!(
+        states.windows(2).all(|w| w[0] != w[1]),
+        "a state twice: {states:?}"
+    );
+    let end = events.last().unwrap();
+    assert_eq!(end["state"], "preempted");
+    assert_eq!(
+        end["reason"],
+        format!(
+            "preempted: drained at step {} after SIGTERM, resume with --resume auto",
+            state.step
+        )
     );
 
     let (status, log) = run.launch(&["--cpu", "2", "--set", "checkpoint.every_steps=100"]);

@@ -3,20 +3,25 @@
 
 use std::process::Command;
 
-use tracing::{error, info};
-
-/// `scontrol requeue JOB`; a failure is logged (the checkpoint stands, a person can requeue).
-pub fn requeue(job: &str) {
-    match run("scontrol", job) {
-        Ok(()) => info!(job, "requeued"),
-        Err(e) => error!(job, error = %e, "scontrol requeue failed"),
-    }
+/// `scontrol requeue JOB`. The error says why not, with scontrol's own message (a job submitted
+/// with `--no-requeue`: "Requested operation is presently disabled for job 7").
+pub fn requeue(job: &str) -> Result<(), String> {
+    run("scontrol", job)
 }
 
 fn run(program: &str, job: &str) -> Result<(), String> {
-    match Command::new(program).args(["requeue", job]).status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("{program} exited with {s}")),
+    match Command::new(program).args(["requeue", job]).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = said.trim();
+            let failed = format!("`{program} requeue {job}` failed ({})", out.status);
+            Err(if said.is_empty() {
+                failed
+            } else {
+                format!("{failed}: {said}")
+            })
+        }
         Err(e) => Err(format!("cannot run {program}: {e}")),
     }
 }
@@ -26,9 +31,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_command_status_decides() {
+    fn the_command_status_decides_and_its_message_is_kept() {
         assert_eq!(run("true", "123"), Ok(()));
-        assert!(run("false", "123").unwrap_err().contains("exited with"));
+        assert_eq!(
+            run("false", "123").unwrap_err(),
+            "`false requeue 123` failed (exit status: 1)"
+        );
+        // `ls requeue 123` fails on the missing files and says so on stderr.
+        let e = run("ls", "123").unwrap_err();
+        assert!(e.starts_with("`ls requeue 123` failed (exit status: 2): "), "{e}");
+        assert!(e.contains("'requeue'"), "stderr kept: {e}");
         assert!(
             run("/nonexistent/scontrol", "123")
                 .unwrap_err()

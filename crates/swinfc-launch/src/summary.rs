@@ -23,6 +23,15 @@ pub struct Launched {
     pub preempted: bool,
     /// The newest checkpoint this launch committed.
     pub checkpoint: Option<u64>,
+    /// A drained Slurm job asked to be requeued.
+    pub requeued: Option<Requeued>,
+}
+
+/// `scontrol requeue` after a drain.
+pub struct Requeued {
+    pub job: String,
+    /// Why Slurm did not requeue the job (its own words).
+    pub refused: Option<String>,
 }
 
 /// The end-of-run summary; `worker_bin` is the `swinfc` binary its commands name, `history` the
@@ -61,17 +70,39 @@ pub fn render(cfg: &TrainConfig, worker_bin: &Path, launched: &Launched, history
     if events.exists() {
         let _ = writeln!(s, "plot        {bin} plot {root} -o {root}/report.svg");
     }
-    if launched.preempted {
-        let _ = writeln!(
-            s,
-            "resume      the same command (--resume auto continues from the checkpoint)"
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "train on    the same command with --set train.total_steps=N (N > {})",
-            t.total_steps
-        );
+    match (&launched.requeued, launched.preempted) {
+        (Some(Requeued { job, refused: None }), _) => {
+            let _ = writeln!(
+                s,
+                "requeued    Slurm job {job} resumes from the checkpoint when it starts again"
+            );
+        }
+        (
+            Some(Requeued {
+                job,
+                refused: Some(why),
+            }),
+            _,
+        ) => {
+            let _ = writeln!(
+                s,
+                "resume      Slurm did not requeue job {job} ({why}): submit the job again \
+                 (--resume auto continues from the checkpoint)"
+            );
+        }
+        (None, true) => {
+            let _ = writeln!(
+                s,
+                "resume      the same command (--resume auto continues from the checkpoint)"
+            );
+        }
+        (None, false) => {
+            let _ = writeln!(
+                s,
+                "train on    the same command with --set train.total_steps=N (N > {})",
+                t.total_steps
+            );
+        }
     }
     s
 }

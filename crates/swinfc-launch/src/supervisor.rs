@@ -21,7 +21,7 @@ use crate::drain::Drain;
 use crate::hang::HangDetector;
 use crate::nodes::Nodes;
 use crate::signals::{self, Signal};
-use crate::summary::Launched;
+use crate::summary::{Launched, Requeued};
 use crate::workers::{Group, Round, describe, next_attempt};
 use crate::{EXIT_PERMANENT, LaunchError, LaunchOptions, Outcome, Plan};
 
@@ -141,14 +141,12 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
     let result = sup.run_rounds(&token, port);
     sup.console.finish();
     crate::nodes::forget_token(plan);
+    let mut requeued = None;
     let (outcome, state, reason) = match &result {
         Ok(Outcome::Preempted) => {
-            let step = sup.round_step;
-            (
-                JobOutcome::Preempted,
-                RunState::Finished,
-                format!("preempted: drained at step {step}, resume with --resume auto"),
-            )
+            let (reason, requeue) = sup.preempted();
+            requeued = requeue;
+            (JobOutcome::Preempted, RunState::Preempted, reason)
         }
         Ok(_) => (
             JobOutcome::Finished,
@@ -175,6 +173,7 @@ pub fn run(plan: &Plan, opts: &LaunchOptions) -> Result<Outcome, LaunchError> {
             wall: started.elapsed(),
             preempted: *outcome == Outcome::Preempted,
             checkpoint: committed,
+            requeued,
         };
         let history = crate::summary::launched_history(&plan.cfg);
         eprint!(
@@ -219,10 +218,7 @@ impl Supervisor<'_> {
             self.set_state(RunState::Running);
             match self.watch(group, start_step) {
                 End::Finished => return Ok(Outcome::Finished),
-                End::Drained => {
-                    self.requeue();
-                    return Ok(Outcome::Preempted);
-                }
+                End::Drained => return Ok(Outcome::Preempted),
                 End::Failed(failure) => {
                     error!(rank = failure.rank, kind = ?failure.kind, cause = %failure.cause, "worker failed");
                     if self.drain.is_some() {
@@ -317,6 +313,7 @@ impl Supervisor<'_> {
             while let Ok(signal) = self.signals.try_recv() {
                 self.on_signal(signal);
             }
+            self.record_signal(false);
             if let Some(drain) = &self.drain
                 && drain.expired(Instant::now())
             {
@@ -427,30 +424,42 @@ impl Supervisor<'_> {
     }
 
     /// First signal: every rank stops after a common step and rank 0 saves. A second one
-    /// shortens the deadline; a third stops at once. Never a second checkpoint.
+    /// shortens the deadline; a third stops at once. Never a second checkpoint. Copies of one
+    /// scheduler event are one `signal` line in the event log.
     fn on_signal(&mut self, signal: Signal) {
         let now = Instant::now();
-        self.telemetry.signal(signal.name());
         match &mut self.drain {
             None => {
-                let stop_after = self.round_step + 1;
+                let stop_after = crate::drain::stop_step(self.round_step);
                 info!(
                     signal = signal.name(),
-                    stop_after, "draining: stop after a common step, save, exit"
+                    stop_after, "draining: every worker stops after this step, rank 0 saves, then exit"
                 );
                 self.server
                     .broadcast_command(ServerCommand::StopAfterStep(stop_after));
-                self.set_state(RunState::Draining);
                 self.drain = Some(Drain::start(signal, stop_after, now, self.opts.grace_period));
+                self.record_signal(false);
+                self.set_state(RunState::Draining);
             }
             Some(drain) => {
                 if let Some(count) = drain.another(signal, now) {
+                    self.telemetry.signal(signal.name());
                     warn!(
                         signal = signal.name(),
                         count, "signal while draining: deadline shortened"
                     );
                 }
+                self.record_signal(false);
             }
+        }
+    }
+
+    /// Writes the signal that started the drain to the event log once it is known which
+    /// (see [`Drain::take_unrecorded`]); `ended`: now at the latest.
+    fn record_signal(&mut self, ended: bool) {
+        let now = Instant::now();
+        if let Some(signal) = self.drain.as_mut().and_then(|d| d.take_unrecorded(now, ended)) {
+            self.telemetry.signal(signal.name());
         }
     }
 
@@ -510,13 +519,70 @@ impl Supervisor<'_> {
         }
     }
 
-    /// A drain that Slurm's time-limit warning started puts the job back in the queue.
-    fn requeue(&self) {
-        if let (Some(drain), Some(id)) = (&self.drain, &self.opts.slurm_requeue_id)
-            && drain.requeue()
-        {
-            crate::requeue::requeue(id);
+    /// The job drained: says where it stands and, when Slurm's time-limit warning started the
+    /// drain, puts the job back in the queue. Returns the `end` line's reason and the requeue.
+    fn preempted(&mut self) -> (String, Option<Requeued>) {
+        self.record_signal(true);
+        let step = self.round_step;
+        let after = self
+            .drain
+            .as_ref()
+            .map_or(String::new(), |d| format!(" after {}", d.signal().name()));
+        let (mut reason, resumes_from) = match self.committed {
+            Some(saved) if saved == step => {
+                info!(
+                    step,
+                    "drained: every worker stopped after this step and rank 0 saved it"
+                );
+                let dir = self.plan.run_dir().checkpoint(saved);
+                (
+                    format!("preempted: drained at step {step}{after}"),
+                    dir.display().to_string(),
+                )
+            }
+            // The drain ran out of time or a worker failed while draining (logged above).
+            saved => {
+                let from = match saved.or(self.first_step.filter(|&s| s > 0)) {
+                    Some(from) => format!("the checkpoint at step {from}"),
+                    None => "the start (no checkpoint yet)".to_string(),
+                };
+                (
+                    format!("preempted: stopped at step {step}{after} without a checkpoint there"),
+                    from,
+                )
+            }
+        };
+        let asked = self.drain.as_ref().is_some_and(Drain::requeue);
+        let Some(job) = self.opts.slurm_requeue_id.as_ref().filter(|_| asked) else {
+            reason.push_str(", resume with --resume auto");
+            return (reason, None);
+        };
+        let result = crate::requeue::requeue(job);
+        self.telemetry
+            .requeue(job, result.as_ref().map(|_| ()).map_err(String::as_str));
+        match &result {
+            Ok(()) => {
+                info!(job = %job, "requeued: the job resumes from {resumes_from} when Slurm starts it again");
+                reason.push_str(&format!("; requeued as Slurm job {job}"));
+            }
+            // Submitted with --no-requeue, or a cluster with JobRequeue=0: nothing is lost, but
+            // nothing will resume the run either unless someone submits it again.
+            Err(why) => {
+                warn!(
+                    job = %job,
+                    "Slurm did not requeue the job: {why}. Nothing is lost: submit the job again \
+                     and it resumes from {resumes_from} (--resume auto)"
+                );
+                reason.push_str(&format!(
+                    "; Slurm did not requeue job {job} ({why}), submit it again to resume"
+                ));
+            }
         }
+        let requeued = Requeued {
+            job: job.clone(),
+            refused: result.err(),
+        };
+        (reason, Some(requeued))
     }
 }
 

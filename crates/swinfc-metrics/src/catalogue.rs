@@ -84,11 +84,13 @@ pub enum RunState {
     Restarting,
     Evaluating,
     Finished,
+    /// Drained after a signal, with a checkpoint at the drain step: the run resumes from it.
+    Preempted,
     Failed,
 }
 
 impl RunState {
-    pub const ALL: [RunState; 8] = [
+    pub const ALL: [RunState; 9] = [
         RunState::Starting,
         RunState::Running,
         RunState::Draining,
@@ -96,6 +98,7 @@ impl RunState {
         RunState::Restarting,
         RunState::Evaluating,
         RunState::Finished,
+        RunState::Preempted,
         RunState::Failed,
     ];
 
@@ -109,6 +112,7 @@ impl RunState {
             RunState::Restarting => "restarting",
             RunState::Evaluating => "evaluating",
             RunState::Finished => "finished",
+            RunState::Preempted => "preempted",
             RunState::Failed => "failed",
         }
     }

@@ -37,9 +37,18 @@ pub enum Event {
         detail: String,
         replayed_steps: u64,
     },
-    /// The launcher received a signal (`SIGTERM`, `SIGUSR1`, ...).
+    /// The launcher received a signal (`SIGTERM`, `SIGUSR1`, ...): one line per scheduler event,
+    /// however many of the job's processes it reached.
     Signal {
         signal: String,
+    },
+    /// The drained job asked Slurm to put it back in the queue (`scontrol requeue JOB`); `error`
+    /// says why Slurm refused.
+    Requeue {
+        job: String,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     State {
         state: RunState,

@@ -60,6 +60,8 @@ pub struct Telemetry {
     addr: SocketAddr,
     targets: PathBuf,
     events: Mutex<File>,
+    /// The state last written to `events.jsonl`, so each change is one line.
+    state: Mutex<Option<RunState>>,
     progress: Mutex<Progress>,
     seconds: Arc<SecondsCounters>,
     // Dropped last: stops serving only after everything above is final.
@@ -123,6 +125,7 @@ impl Telemetry {
             addr,
             targets,
             events: Mutex::new(events),
+            state: Mutex::new(None),
             progress: Mutex::new(Progress::default()),
             seconds,
             _server: server,
@@ -136,10 +139,13 @@ impl Telemetry {
         self.addr
     }
 
-    /// Makes `state` the one `swinfc_run_state` series at 1, and logs the change.
+    /// Makes `state` the one `swinfc_run_state` series at 1, and logs it if it changed.
     pub fn set_state(&self, state: RunState) {
         self.record(|| set_state_gauges(state));
-        self.event(Event::State { state });
+        let changed = lock(&self.state).replace(state) != Some(state);
+        if changed {
+            self.event(Event::State { state });
+        }
     }
 
     /// `swinfc_run_attempt`: 1 + in-job restarts + requeues, as the launcher counts them.
@@ -191,6 +197,15 @@ impl Telemetry {
     pub fn signal(&self, name: &str) {
         self.event(Event::Signal {
             signal: name.to_string(),
+        });
+    }
+
+    /// The drained job asked Slurm to requeue it: `Err` holds why Slurm refused.
+    pub fn requeue(&self, job: &str, result: Result<(), &str>) {
+        self.event(Event::Requeue {
+            job: job.to_string(),
+            ok: result.is_ok(),
+            error: result.err().map(str::to_string),
         });
     }
 

@@ -438,6 +438,49 @@ fn scrape_and_events_match_what_workers_reported() {
     assert_eq!(events[11]["state"], "finished");
 }
 
+/// A drained, requeued run: each state is one line however often it is set (the launcher sets
+/// the final one, then `finish` does), the requeue is a line of its own, and the run ends
+/// `preempted`, not `finished`. A refused requeue keeps Slurm's reason.
+#[test]
+fn a_preempted_run_logs_its_requeue_and_each_state_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = Telemetry::start("127.0.0.1:0", dir.path(), info()).unwrap();
+    telemetry.set_state(RunState::Running);
+    telemetry.set_state(RunState::Running);
+    telemetry.signal("SIGUSR1");
+    telemetry.set_state(RunState::Draining);
+    telemetry.requeue("7", Ok(()));
+    telemetry.requeue("7", Err("Requested operation is presently disabled for job 7"));
+    telemetry.set_state(RunState::Preempted);
+    let (_, text) = get(telemetry.addr(), "/metrics");
+    let all = samples(&text);
+    assert_eq!(sum_of(&all, "swinfc_run_state", &[("state", "preempted")]), 1.0);
+    assert_eq!(sum_of(&all, "swinfc_run_state", &[]), 1.0);
+    telemetry.finish(RunState::Preempted, "preempted: drained at step 10");
+
+    let events = events(dir.path());
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.as_object_mut().unwrap().remove("ts");
+            e.to_string()
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"kind":"state","state":"running"}"#,
+            r#"{"kind":"signal","signal":"SIGUSR1"}"#,
+            r#"{"kind":"state","state":"draining"}"#,
+            r#"{"job":"7","kind":"requeue","ok":true}"#,
+            r#"{"error":"Requested operation is presently disabled for job 7","job":"7","kind":"requeue","ok":false}"#,
+            r#"{"kind":"state","state":"preempted"}"#,
+            r#"{"kind":"end","reason":"preempted: drained at step 10","state":"preempted"}"#,
+        ]
+    );
+}
+
 #[test]
 fn two_exporters_in_one_process_keep_their_own_registries() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
