@@ -24,9 +24,22 @@ use swinfc_data::Batch;
 
 use crate::{BenchSettings, random_batch};
 
-/// Offsets of the `narrow`ed views whose sums of squares are compared: aligned to 512 bytes
-/// (CUDA's pitch) and not.
-const NARROW_OFFSETS: [usize; 5] = [0, 1, 37, 128, 129];
+/// The `narrow`ed views (offset, length) whose sums of squares are compared: offsets aligned to
+/// 512 bytes (CUDA's pitch) and not, lengths that are a multiple of the 4-wide vectors kernels
+/// read and not; `HALF` stands for half the buffer. Each is cut to fit the buffer.
+const HALF: usize = usize::MAX;
+const NARROW_VIEWS: [(usize, usize); 10] = [
+    (0, HALF),
+    (1, HALF),
+    (37, HALF),
+    (128, HALF),
+    (129, HALF),
+    (0, 4096),
+    (0, 4099),
+    (0, 65536),
+    (0, 65539),
+    (128, 65536),
+];
 
 /// One compared stage.
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +114,13 @@ impl ProbeReport {
 
 /// What one side of the probe computed, read back to the host.
 struct Side {
+    /// The backbone's intermediate outputs in forward order: the patch embedding, each stage.
+    trace: Vec<(String, Vec<f32>)>,
+    /// The backbone's logits (before FSM), FSM's chosen token positions, the three stage heads'
+    /// logits (after it).
+    logits_swin: Vec<f32>,
+    fsm_indices: Vec<i64>,
+    logits_stages: Vec<f32>,
     losses: Vec<f32>,
     /// Each parameter's gradient straight from `backward` (its own shape, read in logical order).
     param_grads: Vec<Vec<f32>>,
@@ -109,7 +129,7 @@ struct Side {
     /// The device's sums of squares of that buffer: `powi_scalar(2).sum()`, `(x * x).sum()`.
     sum_sq_powi: f64,
     sum_sq_mul: f64,
-    /// Sums of squares of `narrow`ed views of it, at [`NARROW_OFFSETS`].
+    /// Sums of squares of `narrow`ed views of it, at [`NARROW_VIEWS`].
     narrow_sum_sq: Vec<f64>,
     /// The step's sync (the device path on a device, the host path on the CPU): norm, clipped.
     norm: f64,
@@ -168,7 +188,25 @@ pub fn probe<D: TrainBackend>(
             .collect()
     };
     let host_sum_sq = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
-    let mut stages = vec![
+    let mut stages: Vec<Stage> = dev
+        .trace
+        .iter()
+        .zip(&cpu.trace)
+        .map(|((name, got), (_, want))| compare(&format!("forward: {name}"), &[(name, got, want)], vs_cpu))
+        .collect();
+    stages.extend([
+        compare(
+            "forward: backbone logits",
+            &[("logits_swin", &dev.logits_swin, &cpu.logits_swin)],
+            vs_cpu,
+        ),
+        // FSM picks tokens by rank: once it picks others, nothing after it can agree.
+        selection("forward: tokens FSM selects", &dev.fsm_indices, &cpu.fsm_indices),
+        compare(
+            "forward: stage heads' logits",
+            &[("logits_stages", &dev.logits_stages, &cpu.logits_stages)],
+            vs_cpu,
+        ),
         compare("loss terms", &[("losses", &dev.losses, &cpu.losses)], vs_cpu),
         compare_tensors(
             "gradients from backward",
@@ -192,7 +230,7 @@ pub fn probe<D: TrainBackend>(
             &per_param(&cpu.flat),
             vs_cpu,
         ),
-    ];
+    ]);
     let host = host_sum_sq(&dev.flat);
     stages.push(scalar(
         "device: powi_scalar(2).sum() of the flat buffer vs host f64",
@@ -206,10 +244,10 @@ pub fn probe<D: TrainBackend>(
         host,
         1e-4,
     ));
-    for (offset, got) in NARROW_OFFSETS.iter().zip(&dev.narrow_sum_sq) {
-        let (start, len) = narrow_range(dev.flat.len(), *offset);
+    for (view, got) in NARROW_VIEWS.iter().zip(&dev.narrow_sum_sq) {
+        let (start, len) = narrow_range(dev.flat.len(), *view);
         let want = host_sum_sq(&dev.flat[start..start + len]);
-        let name = format!("device: sum of squares of narrow({offset}, {len}) vs host f64");
+        let name = format!("device: sum of squares of narrow({start}, {len}) vs host f64");
         stages.push(scalar(&name, *got, want, 1e-4));
     }
     stages.push(scalar(
@@ -244,11 +282,11 @@ pub fn probe<D: TrainBackend>(
     })
 }
 
-/// The start and length of the view at `offset` of a buffer of `len` values: half of it, so the
-/// view ends inside the buffer at any offset.
-fn narrow_range(len: usize, offset: usize) -> (usize, usize) {
+/// The start and length of `view` in a buffer of `len` values, cut to fit it.
+fn narrow_range(len: usize, (offset, length): (usize, usize)) -> (usize, usize) {
     let start = offset.min(len.saturating_sub(1));
-    (start, (len / 2).min(len - start).max(1))
+    let length = if length == HALF { len / 2 } else { length };
+    (start, length.min(len - start).max(1))
 }
 
 /// Forward, losses, backward, flatten, sync and update of `model` on one side.
@@ -266,7 +304,23 @@ fn side<B: TrainBackend>(
     let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [n]), device);
     let copy = compute_copy(&model, precision);
     let compute = copy.as_ref().unwrap_or(&model);
-    let parts = swinfc_loss(&compute.forward(images, Some(0x5EED)), labels, loss_cfg);
+    let trace = backbone_trace(compute, images.clone());
+    let output = compute.forward(images, Some(0x5EED));
+    let logits_swin = host(output.logits_swin.clone().inner().flatten(0, 1));
+    let fsm_indices = output
+        .fsm_indices
+        .clone()
+        .inner()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("converted to i64");
+    let logits_stages = output
+        .logits_stages
+        .iter()
+        .flat_map(|l| host(l.clone().inner().flatten(0, 1)))
+        .collect();
+    let parts = swinfc_loss(&output, labels, loss_cfg);
     let [s2, s3, s4] = &parts.stage_ce;
     let losses = [&parts.total, &parts.backbone_ce, s2, s3, s4, &parts.contrastive]
         .iter()
@@ -284,10 +338,10 @@ fn side<B: TrainBackend>(
     let flat_host = host(flat.clone());
     let sum_sq_powi = f64::from(host(flat.clone().powi_scalar(2).sum())[0]);
     let sum_sq_mul = f64::from(host((flat.clone() * flat.clone()).sum())[0]);
-    let narrow_sum_sq = NARROW_OFFSETS
+    let narrow_sum_sq = NARROW_VIEWS
         .iter()
-        .map(|&offset| {
-            let (start, len) = narrow_range(flat_host.len(), offset);
+        .map(|&view| {
+            let (start, len) = narrow_range(flat_host.len(), view);
             f64::from(host(flat.clone().narrow(0, start, len).powi_scalar(2).sum())[0])
         })
         .collect();
@@ -309,6 +363,10 @@ fn side<B: TrainBackend>(
         .map(|(name, t)| (name, t.data))
         .collect();
     Ok(Side {
+        trace,
+        logits_swin,
+        fsm_indices,
+        logits_stages,
         losses,
         param_grads,
         flat: flat_host,
@@ -319,6 +377,19 @@ fn side<B: TrainBackend>(
         clipped,
         updated,
     })
+}
+
+/// The patch embedding's and each stage's output of an evaluation-mode forward (no drop-path),
+/// so a forward that parts is found at its first block.
+fn backbone_trace<B: TrainBackend>(model: &SwinFc<B>, images: Tensor<B, 4>) -> Vec<(String, Vec<f32>)> {
+    let flat = |x: Tensor<B, 4>| host(x.inner().flatten(0, 3));
+    let mut x = model.patch_embed.forward(images);
+    let mut trace = vec![("patch embedding".to_string(), flat(x.clone()))];
+    for (i, layer) in model.layers.iter().enumerate() {
+        x = layer.forward(x, None).0;
+        trace.push((format!("stage {} output", i + 1), flat(x.clone())));
+    }
+    trace
 }
 
 /// Each parameter's gradient as `backward` left it (zeros where there is none), read in order.
@@ -404,6 +475,22 @@ fn compare(stage: &str, tensors: &[(&str, &[f32], &[f32])], tolerance: f64) -> S
     result
 }
 
+/// Discrete choices: the share of positions that differ, which must be none.
+fn selection(stage: &str, got: &[i64], want: &[i64]) -> Stage {
+    let differ = if got.len() == want.len() {
+        got.iter().zip(want).filter(|(g, w)| g != w).count()
+    } else {
+        want.len().max(1)
+    };
+    Stage {
+        name: stage.to_string(),
+        max_abs: differ as f64,
+        max_rel: differ as f64 / want.len().max(1) as f64,
+        worst: format!("{differ} of {} differ", want.len()),
+        tolerance: 0.0,
+    }
+}
+
 fn scalar(stage: &str, got: f64, want: f64, tolerance: f64) -> Stage {
     let abs = if got.is_nan() == want.is_nan() && !got.is_nan() {
         (got - want).abs()
@@ -429,6 +516,26 @@ pub fn probe_cpu(
     max_norm: f64,
 ) -> Result<ProbeReport, TrainError> {
     probe::<Autodiff<Flex>>(model_cfg, loss_cfg, settings, max_norm, "cpu (flex)", &FlexDevice)
+}
+
+/// Burn's wgpu backend (CubeBackend, as CUDA) against the CPU: the GPU code path on a machine
+/// without a GPU (Mesa's lavapipe). fp32 only.
+#[cfg(feature = "wgpu")]
+pub fn probe_wgpu(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    max_norm: f64,
+) -> Result<ProbeReport, TrainError> {
+    use burn::backend::{Wgpu, wgpu::WgpuDevice};
+    probe::<Autodiff<Wgpu>>(
+        model_cfg,
+        loss_cfg,
+        settings,
+        max_norm,
+        "wgpu",
+        &WgpuDevice::default(),
+    )
 }
 
 /// GPU 0 against the CPU, set up for `settings.precision` as a worker is.
@@ -474,7 +581,13 @@ mod tests {
         let (cfg, settings) = tiny();
         let report = probe_cpu(&cfg, &LossConfig::new(), &settings, 1.0).expect("a step");
         assert!(report.first_parting().is_none(), "{}", report.table());
-        let exact = ["loss terms", "gradients from backward", "flat buffer"];
+        let exact = [
+            "forward: backbone logits",
+            "forward: tokens FSM selects",
+            "loss terms",
+            "gradients from backward",
+            "flat buffer",
+        ];
         for stage in report.stages.iter().filter(|s| exact.contains(&s.name.as_str())) {
             assert_eq!(stage.max_abs, 0.0, "{}", report.table());
         }

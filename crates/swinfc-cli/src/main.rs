@@ -133,8 +133,8 @@ struct ProbeArgs {
     /// `model`, `loss` and `train.micro_batch` are read.
     #[arg(long)]
     config: PathBuf,
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_enum, default_value_t = ProbeBackendArg::Cpu)]
+    backend: ProbeBackendArg,
     /// The device side's compute precision (the CPU side is fp32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     precision: PrecisionArg,
@@ -198,6 +198,16 @@ struct TrainArgs {
 enum BackendArg {
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProbeBackendArg {
+    /// Both sides on the CPU: the probe's own check.
+    Cpu,
+    Cuda,
+    /// Burn's wgpu backend, in a build with the `wgpu` feature: the GPU code path on Vulkan,
+    /// e.g. Mesa's software driver on a machine without a GPU.
+    Wgpu,
 }
 
 fn main() -> ExitCode {
@@ -406,13 +416,17 @@ fn bench_probe(args: &ProbeArgs) -> Result<()> {
         },
     };
     let report = match (args.backend, args.precision) {
-        (BackendArg::Cpu, PrecisionArg::Fp32) => {
+        (ProbeBackendArg::Cpu, PrecisionArg::Fp32) => {
             bench::probe::probe_cpu(&model_cfg, &loss_cfg, &settings, args.clip)?
         }
-        (BackendArg::Cpu, PrecisionArg::Bf16) => {
+        (ProbeBackendArg::Cpu, PrecisionArg::Bf16) => {
             bail!("--precision bf16 is not supported with --backend cpu: the CPU backend trains in fp32 only")
         }
-        (BackendArg::Cuda, _) => probe_cuda(&model_cfg, &loss_cfg, &settings, args.clip)?,
+        (ProbeBackendArg::Cuda, _) => probe_cuda(&model_cfg, &loss_cfg, &settings, args.clip)?,
+        (ProbeBackendArg::Wgpu, PrecisionArg::Fp32) => {
+            probe_wgpu(&model_cfg, &loss_cfg, &settings, args.clip)?
+        }
+        (ProbeBackendArg::Wgpu, PrecisionArg::Bf16) => bail!("--backend wgpu probes fp32 only"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -427,6 +441,28 @@ fn bench_probe(args: &ProbeArgs) -> Result<()> {
         ),
         None => Ok(()),
     }
+}
+
+#[cfg(feature = "wgpu")]
+fn probe_wgpu(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+    clip: f64,
+) -> Result<bench::probe::ProbeReport> {
+    Ok(bench::probe::probe_wgpu(model_cfg, loss_cfg, settings, clip)?)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn probe_wgpu(
+    _: &ModelConfig,
+    _: &LossConfig,
+    _: &BenchSettings,
+    _: f64,
+) -> Result<bench::probe::ProbeReport> {
+    bail!(
+        "--backend wgpu: this binary was built without the `wgpu` feature (cargo build --features swinfc-cli/wgpu)"
+    )
 }
 
 #[cfg(feature = "cuda")]

@@ -12,7 +12,7 @@ use crate::eaca::Eaca;
 use crate::ffm::ffm;
 use crate::fsm::{AttentionMap, pool_selected, select_tokens};
 use crate::fused::{FusedOps, layer_norm as norm};
-use crate::swin::{PatchEmbed, PatchMerging, SwinBlock, SwinStage, layer_norm, linear};
+use crate::swin::{PatchEmbed, PatchMerging, SwinBlock, SwinStage, apply, layer_norm, linear};
 
 /// One module per branch stage; the field names give `branch_proj.s2…`, `eaca.s4…` (§2.3).
 #[derive(Module, Debug)]
@@ -54,7 +54,7 @@ pub struct BranchHead<B: Backend> {
 
 impl<B: FusedOps> BranchHead<B> {
     fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        self.fc.forward(mean_tokens(norm(&self.norm, tokens)))
+        apply(&self.fc, mean_tokens(norm(&self.norm, tokens)))
     }
 }
 
@@ -178,13 +178,13 @@ impl<B: FusedOps> SwinFc<B> {
             last_maps = maps;
         }
         let tokens = norm(&self.norm, flatten_tokens(x)); // [B, N₄, C₄]
-        let logits_swin = self.head.fc.forward(mean_tokens(tokens.clone()));
+        let logits_swin = apply(&self.head.fc, mean_tokens(tokens.clone()));
 
         // Branches: project to width D, EACA, then FFM across stages, then per-stage heads.
         let branches: [Tensor<B, 3>; 3] = std::array::from_fn(|k| {
             let side = self.stages[k + 1].resolution;
             let proj = self.branch_proj.each()[k];
-            let t = proj.fc.forward(norm(&proj.norm, taps[k].clone())); // [B, N_k, D]
+            let t = apply(&proj.fc, norm(&proj.norm, taps[k].clone())); // [B, N_k, D]
             self.eaca.each()[k].forward(t, side, side)
         });
         let fused = ffm(branches, self.ffm_scale);

@@ -16,6 +16,18 @@ const MASKED: f32 = -100.0;
 
 /// timm's `_init_weights`: weights N(0, 0.02) (its truncation at ±2 never bites at that std),
 /// biases zero.
+/// `linear` applied to `x` [..., d_in] as one 2-D matmul over the flattened leading dimensions.
+/// The same arithmetic as `Linear::forward`'s batched form, which Burn 0.21's CubeBackend with
+/// fusion (CUDA, wgpu) got wrong when a leading dimension is 1 and `x` is a lazily fused
+/// element-wise result: a one-token stage's MLP was off by O(1) (tests/wgpu.rs).
+pub(crate) fn apply<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product();
+    let y = linear.forward(x.reshape([rows, dims[D - 1]]));
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
 pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, dev: &B::Device) -> Linear<B> {
     Linear {
         weight: Initializer::Normal { mean: 0.0, std: 0.02 }.init([d_in, d_out], dev),
@@ -84,7 +96,7 @@ impl<B: FusedOps> WindowAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [bw, n, c] = x.dims();
         let (h, hd) = (self.heads, c / self.heads);
-        let qkv = permute(self.qkv.forward(x).reshape([bw, n, 3, h, hd]), [2, 0, 3, 1, 4]);
+        let qkv = permute(apply(&self.qkv, x).reshape([bw, n, 3, h, hd]), [2, 0, 3, 1, 4]);
         let part = |i| qkv.clone().narrow(0, i, 1).reshape([bw, h, n, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
 
@@ -98,7 +110,7 @@ impl<B: FusedOps> WindowAttention<B> {
         // softmax(scores + bias + mask): mask [nW, N, N] repeats for every image of the batch.
         let attn = window_softmax(scores, bias, mask);
         let out = permute(attn.clone().matmul(v), [0, 2, 1, 3]).reshape([bw, n, c]);
-        (self.proj.forward(out), attn)
+        (apply(&self.proj, out), attn)
     }
 }
 
@@ -110,7 +122,7 @@ pub struct Mlp<B: Backend> {
 
 impl<B: FusedOps> Mlp<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        apply(&self.fc2, gelu(apply(&self.fc1, x)))
     }
 }
 
@@ -217,7 +229,7 @@ impl<B: FusedOps> PatchMerging<B> {
             w / 2,
             4 * c,
         ]);
-        self.reduction.forward(norm(&self.norm, x))
+        apply(&self.reduction, norm(&self.norm, x))
     }
 }
 

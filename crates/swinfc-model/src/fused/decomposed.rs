@@ -42,6 +42,13 @@ pub fn layer_norm_backward<B: Backend>(
 
 /// Over dim 1 of [outer, len, inner].
 pub fn softmax_backward<B: Backend>(y: Tensor<B, 3>, g: Tensor<B, 3>) -> Tensor<B, 3> {
+    // Over one element softmax is the constant 1, whose gradient is 0: said outright, because
+    // Burn 0.21's fusion (CubeBackend: CUDA, wgpu) computes `g − (g·y).sum_dim(1)` wrongly when
+    // that axis has length 1, reading another row's element (tests/wgpu.rs), which made EACA's
+    // gradient on a one-token stage non-zero on the GPU path.
+    if y.dims()[1] == 1 {
+        return g.zeros_like();
+    }
     let dot = (g.clone() * y.clone()).sum_dim(1);
     y * (g - dot)
 }

@@ -99,6 +99,11 @@ pub trait FusedKernels: Backend {
 #[cfg(feature = "cuda")]
 impl FusedKernels for burn::backend::Cuda {}
 
+/// wgpu (fusion over CubeBackend, as CUDA): the same decomposed kernels, so the GPU code path
+/// runs under test without a GPU.
+#[cfg(feature = "wgpu")]
+impl FusedKernels for burn::backend::Wgpu {}
+
 /// The fused ops as the model calls them, on primitives of any rank (see the module functions).
 pub trait FusedOps: Backend {
     fn fused_layer_norm(

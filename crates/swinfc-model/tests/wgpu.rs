@@ -1,0 +1,321 @@
+//! The GPU code path (CubeBackend with fusion, through Burn's wgpu backend on Mesa's software
+//! Vulkan driver) against Flex, op by op, forward and backward: the model's fused ops, and the
+//! shapes where `swinfc bench probe --backend wgpu` found the two apart (a one-token stage).
+//! Built only with `--features wgpu` (CI installs the driver); tiny shapes, since lavapipe is slow.
+//!
+//! Found this way (2026-12-05): Burn 0.21's fusion computed `y·(g − (g·y).sum_dim(1))` wrongly
+//! when axis 1 had length 1 and `y`, `g` were reshapes (`[2,4,1]` → `[8,1,1]`, `y` a softmax over
+//! that axis), reading another row's element (`-0.178 = g[5] − g[1]` where 0 was due), while
+//! reading each piece back gave the right values; whether it happened depended on what the
+//! process had run before. Our softmax backward no longer reduces over a length-1 axis
+//! (`fused/decomposed.rs`, `softmax_backward`); the first check below failed without that.
+//! Also found: `Linear::forward` of a `[2,1,1,256]` input that is a lazily fused element-wise
+//! result (`fc2.forward(x * 2.0)`) came out O(1) wrong, while the same input read from data, or
+//! flattened to `[2,256]`, gave the right values. The model applies every Linear as one 2-D
+//! matmul (`swin.rs`, `apply`); `a_one_token_stage_agrees_with_flex` failed without that.
+#![cfg(feature = "wgpu")]
+
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Autodiff, Flex, Wgpu, flex::FlexDevice};
+use burn::nn::LayerNormConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use swinfc_model::TrainBackend;
+use swinfc_model::eaca::ExternalAttention;
+use swinfc_model::fused::{gelu, layer_norm, permute, softmax, window_softmax};
+
+type Gpu = Autodiff<Wgpu>;
+type Cpu = Autodiff<Flex>;
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 8) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+fn tensor<B: Backend, const D: usize>(shape: [usize; D], seed: u32, dev: &B::Device) -> Tensor<B, D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(values(n, seed), shape), dev)
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// `f`'s output and the gradient of Σ f(x)·w with respect to x.
+fn run<B: TrainBackend, const D: usize, const E: usize>(
+    shape: [usize; D],
+    out_shape: [usize; E],
+    f: &dyn Fn(Tensor<B, D>) -> Tensor<B, E>,
+    dev: &B::Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let x = tensor::<B, D>(shape, 1, dev).require_grad();
+    let y = f(x.clone());
+    let w = tensor::<B, E>(out_shape, 2, dev);
+    let grads = (y.clone() * w).sum().backward();
+    let gx = x.grad(&grads).expect("x takes part");
+    (host(y.inner()), host(gx))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn check<const D: usize, const E: usize>(
+    name: &str,
+    shape: [usize; D],
+    out_shape: [usize; E],
+    f_gpu: &dyn Fn(Tensor<Gpu, D>) -> Tensor<Gpu, E>,
+    f_cpu: &dyn Fn(Tensor<Cpu, D>) -> Tensor<Cpu, E>,
+) -> Option<String> {
+    let (y_gpu, g_gpu) = run::<Gpu, D, E>(shape, out_shape, f_gpu, &WgpuDevice::default());
+    let (y_cpu, g_cpu) = run::<Cpu, D, E>(shape, out_shape, f_cpu, &FlexDevice);
+    let (dy, dg) = (max_diff(&y_gpu, &y_cpu), max_diff(&g_gpu, &g_cpu));
+    eprintln!("{name:<48} forward {dy:.3e}  gradient {dg:.3e}");
+    (dy > 1e-5 || dg > 1e-5).then(|| format!("{name}: forward {dy:e}, gradient {dg:e}"))
+}
+
+#[test]
+fn unit_length_axes_agree_with_flex() {
+    let mut failures = Vec::new();
+    failures.extend(check(
+        "fused softmax over a length-1 axis",
+        [2, 4, 1],
+        [2, 4, 1],
+        &|x| softmax(x, 2),
+        &|x| softmax(x, 2),
+    ));
+    failures.extend(check(
+        "sum_dim over a length-1 axis",
+        [8, 1, 1],
+        [8, 1, 1],
+        &|x| x.sum_dim(1),
+        &|x| x.sum_dim(1),
+    ));
+    failures.extend(check(
+        "reshape [2,4,1] to [8,1,1], then sum_dim(1)",
+        [2, 4, 1],
+        [8, 1, 1],
+        &|x| x.reshape([8, 1, 1]).sum_dim(1),
+        &|x| x.reshape([8, 1, 1]).sum_dim(1),
+    ));
+    failures.extend(check(
+        "x - (x * x).sum_dim(1) over a length-1 axis",
+        [8, 1, 1],
+        [8, 1, 1],
+        &|x| x.clone() - (x.clone() * x).sum_dim(1),
+        &|x| x.clone() - (x.clone() * x).sum_dim(1),
+    ));
+    failures.extend(check(
+        "burn softmax over a length-1 axis",
+        [2, 4, 1],
+        [2, 4, 1],
+        &|x| burn::tensor::activation::softmax(x, 2),
+        &|x| burn::tensor::activation::softmax(x, 2),
+    ));
+    failures.extend(check(
+        "fused softmax over a length-4 axis",
+        [2, 1, 4],
+        [2, 1, 4],
+        &|x| softmax(x, 2),
+        &|x| softmax(x, 2),
+    ));
+    failures.extend(check(
+        "x / sum_dim(x, 1) with a length-1 last axis",
+        [2, 4, 1],
+        [2, 4, 1],
+        &|x| x.clone() / (x.sum_dim(1) + 1e-9),
+        &|x| x.clone() / (x.sum_dim(1) + 1e-9),
+    ));
+    failures.extend(check(
+        "swap_dims(1, 2) of [2, 1, 8]",
+        [2, 1, 8],
+        [2, 8, 1],
+        &|x| x.swap_dims(1, 2) * 1.5,
+        &|x| x.swap_dims(1, 2) * 1.5,
+    ));
+    failures.extend(check("fused GELU", [64], [64], &|x| gelu(x * 3.0), &|x| {
+        gelu(x * 3.0)
+    }));
+    let norm_gpu = LayerNormConfig::new(8).init::<Gpu>(&WgpuDevice::default());
+    let norm_cpu = LayerNormConfig::new(8).init::<Cpu>(&FlexDevice);
+    failures.extend(check(
+        "fused LayerNorm over 8 channels",
+        [2, 3, 8],
+        [2, 3, 8],
+        &|x| layer_norm(&norm_gpu, x),
+        &|x| layer_norm(&norm_cpu, x),
+    ));
+    let mask_values: Vec<f32> = (0..2 * 4 * 4)
+        .map(|i| if i % 5 == 0 { -100.0 } else { 0.0 })
+        .collect();
+    let bias_values = values(2 * 4 * 4, 5);
+    failures.extend(check(
+        "window softmax with bias and shift mask",
+        [4, 2, 4, 4],
+        [4, 2, 4, 4],
+        &|x| {
+            let dev = WgpuDevice::default();
+            let b = Tensor::from_data(TensorData::new(bias_values.clone(), [2, 4, 4]), &dev);
+            let m = Tensor::from_data(TensorData::new(mask_values.clone(), [2, 4, 4]), &dev);
+            window_softmax(x, b, Some(m))
+        },
+        &|x| {
+            let b = Tensor::from_data(TensorData::new(bias_values.clone(), [2, 4, 4]), &FlexDevice);
+            let m = Tensor::from_data(TensorData::new(mask_values.clone(), [2, 4, 4]), &FlexDevice);
+            window_softmax(x, b, Some(m))
+        },
+    ));
+    failures.extend(check(
+        "window softmax over 1-token windows",
+        [4, 2, 1, 1],
+        [4, 2, 1, 1],
+        &|x| {
+            let b = Tensor::from_data(
+                TensorData::new(vec![0.5f32, -0.5], [2, 1, 1]),
+                &WgpuDevice::default(),
+            );
+            window_softmax(x, b, None)
+        },
+        &|x| {
+            let b = Tensor::from_data(TensorData::new(vec![0.5f32, -0.5], [2, 1, 1]), &FlexDevice);
+            window_softmax(x, b, None)
+        },
+    ));
+    let merge =
+        |x: Tensor<Gpu, 4>| permute(x.reshape([2, 1, 2, 1, 2, 4]), [0, 1, 3, 4, 2, 5]).reshape([2, 1, 1, 16]);
+    let merge_cpu =
+        |x: Tensor<Cpu, 4>| permute(x.reshape([2, 1, 2, 1, 2, 4]), [0, 1, 3, 4, 2, 5]).reshape([2, 1, 1, 16]);
+    failures.extend(check(
+        "patch merging's permute into a 1x1 grid",
+        [2, 2, 2, 4],
+        [2, 1, 1, 16],
+        &merge,
+        &merge_cpu,
+    ));
+    let merge2 =
+        |x: Tensor<Gpu, 4>| permute(x.reshape([2, 2, 2, 2, 2, 4]), [0, 1, 3, 4, 2, 5]).reshape([2, 2, 2, 16]);
+    let merge2_cpu =
+        |x: Tensor<Cpu, 4>| permute(x.reshape([2, 2, 2, 2, 2, 4]), [0, 1, 3, 4, 2, 5]).reshape([2, 2, 2, 16]);
+    failures.extend(check(
+        "patch merging's permute into a 2x2 grid",
+        [2, 4, 4, 4],
+        [2, 2, 2, 16],
+        &merge2,
+        &merge2_cpu,
+    ));
+    failures.extend(check(
+        "permute [2,3,4,5] to [0,2,1,3]",
+        [2, 3, 4, 5],
+        [2, 4, 3, 5],
+        &|x| permute(x, [0, 2, 1, 3]),
+        &|x| permute(x, [0, 2, 1, 3]),
+    ));
+    let ea_gpu = ExternalAttention::<Gpu>::new(8, 4, &WgpuDevice::default());
+    let ea_cpu = ExternalAttention::<Cpu>::new(8, 4, &FlexDevice);
+    let weights =
+        |ea: &ExternalAttention<Cpu>| (host(ea.mk.weight.val().inner()), host(ea.mv.weight.val().inner()));
+    let (mk, mv) = weights(&ea_cpu);
+    let load = |ea: ExternalAttention<Gpu>| {
+        let dev = WgpuDevice::default();
+        let mut ea = ea;
+        ea.mk.weight = ea
+            .mk
+            .weight
+            .map(|w| Tensor::from_data(TensorData::new(mk.clone(), w.dims()), &dev));
+        ea.mv.weight = ea
+            .mv
+            .weight
+            .map(|w| Tensor::from_data(TensorData::new(mv.clone(), w.dims()), &dev));
+        ea
+    };
+    let ea_gpu = load(ea_gpu);
+    failures.extend(check(
+        "EACA's external attention on 1 token",
+        [2, 1, 8],
+        [2, 1, 8],
+        &|x| ea_gpu.forward(x),
+        &|x| ea_cpu.forward(x),
+    ));
+    failures.extend(check(
+        "EACA's external attention on 4 tokens",
+        [2, 4, 8],
+        [2, 4, 8],
+        &|x| ea_gpu.forward(x),
+        &|x| ea_cpu.forward(x),
+    ));
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The last stage of the probe's small model: patch merging from 2×2 tokens to one, then blocks
+/// whose window is that one token.
+#[test]
+fn a_one_token_stage_agrees_with_flex() {
+    use swinfc_model::ModelConfig;
+    use swinfc_model::weights::{load_state_dict, state_dict};
+    let cfg = ModelConfig {
+        img_size: 32,
+        embed_dim: 8,
+        branch_dim: 16,
+        ea_memory: 4,
+        num_classes: 4,
+        drop_path: 0.0,
+        ..ModelConfig::preset("tiny").unwrap()
+    };
+    let cpu = cfg.init::<Cpu>(3, &FlexDevice);
+    let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
+    let (gs, cs) = (&gpu.layers[3], &cpu.layers[3]);
+    let (gm, cm) = (gs.downsample.as_ref().unwrap(), cs.downsample.as_ref().unwrap());
+    let mut failures = Vec::new();
+    failures.extend(check(
+        "stage 4: patch merging",
+        [2, 2, 2, 32],
+        [2, 1, 1, 64],
+        &|x| gm.forward(x),
+        &|x| cm.forward(x),
+    ));
+    failures.extend(check(
+        "stage 4: window attention on one token",
+        [2, 1, 64],
+        [2, 1, 64],
+        &|x| gs.blocks[0].attn.forward(x, None).0,
+        &|x| cs.blocks[0].attn.forward(x, None).0,
+    ));
+    failures.extend(check(
+        "stage 4: norm1 on [2,1,1,64]",
+        [2, 1, 1, 64],
+        [2, 1, 1, 64],
+        &|x| layer_norm(&gs.blocks[0].norm1, x),
+        &|x| layer_norm(&cs.blocks[0].norm1, x),
+    ));
+    failures.extend(check(
+        "stage 4: mlp on [2,1,1,64]",
+        [2, 1, 1, 64],
+        [2, 1, 1, 64],
+        &|x| gs.blocks[0].mlp.forward(x),
+        &|x| cs.blocks[0].mlp.forward(x),
+    ));
+    failures.extend(check(
+        "window partition then reverse, window 1",
+        [2, 1, 1, 64],
+        [2, 1, 1, 64],
+        &|x| swinfc_model::swin::window_reverse(swinfc_model::swin::window_partition(x, 1) * 2.0, 1, 1, 1),
+        &|x| swinfc_model::swin::window_reverse(swinfc_model::swin::window_partition(x, 1) * 2.0, 1, 1, 1),
+    ));
+    failures.extend(check(
+        "stage 4: first block on one token",
+        [2, 1, 1, 64],
+        [2, 1, 1, 64],
+        &|x| gs.blocks[0].forward(x, None).0,
+        &|x| cs.blocks[0].forward(x, None).0,
+    ));
+    failures.extend(check(
+        "stage 4: whole stage",
+        [2, 2, 2, 32],
+        [2, 1, 1, 64],
+        &|x| gs.forward(x, None).0,
+        &|x| cs.forward(x, None).0,
+    ));
+    assert!(failures.is_empty(), "{failures:#?}");
+}
