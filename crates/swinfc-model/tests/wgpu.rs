@@ -319,3 +319,97 @@ fn a_one_token_stage_agrees_with_flex() {
     ));
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The branch modules of stage 2 (a 4×4 grid): EACA's two attentions.
+#[test]
+fn stage_two_branches_agree_with_flex() {
+    use swinfc_model::ModelConfig;
+    use swinfc_model::weights::{load_state_dict, state_dict};
+    let cfg = ModelConfig {
+        img_size: 32,
+        embed_dim: 8,
+        branch_dim: 16,
+        ea_memory: 4,
+        num_classes: 4,
+        drop_path: 0.0,
+        ..ModelConfig::preset("tiny").unwrap()
+    };
+    let cpu = cfg.init::<Cpu>(3, &FlexDevice);
+    let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
+    let (ge, ce) = (&gpu.eaca.s2, &cpu.eaca.s2);
+    let mut failures = Vec::new();
+    failures.extend(check(
+        "stage 2: EA",
+        [2, 16, 16],
+        [2, 16, 16],
+        &|x| ge.ea.forward(x),
+        &|x| ce.ea.forward(x),
+    ));
+    failures.extend(check(
+        "stage 2: CA",
+        [2, 16, 16],
+        [2, 16, 16],
+        &|x| ge.ca.forward(x, 4, 4),
+        &|x| ce.ca.forward(x, 4, 4),
+    ));
+    failures.extend(check(
+        "CA's x * (a_h + a_w) broadcast",
+        [2, 16, 4, 4],
+        [2, 16, 4, 4],
+        &|x| {
+            let a_h = softmax(x.clone().mean_dim(3), 2);
+            let a_w = softmax(x.clone().mean_dim(2), 3);
+            x * (a_h + a_w)
+        },
+        &|x| {
+            let a_h = softmax(x.clone().mean_dim(3), 2);
+            let a_w = softmax(x.clone().mean_dim(2), 3);
+            x * (a_h + a_w)
+        },
+    ));
+    failures.extend(check(
+        "stage 2: EACA",
+        [2, 16, 16],
+        [2, 16, 16],
+        &|x| ge.forward(x, 4, 4),
+        &|x| ce.forward(x, 4, 4),
+    ));
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// FFM across three stages whose last has one token (matmuls with a unit dimension), on lazily
+/// fused inputs.
+#[test]
+fn ffm_with_a_one_token_stage_agrees_with_flex() {
+    use swinfc_model::ffm::ffm;
+    let mut failures = Vec::new();
+    for (name, n4) in [
+        ("ffm, stage 4 of 1 token", 1usize),
+        ("ffm, stage 4 of 4 tokens", 4),
+    ] {
+        failures.extend(check(
+            name,
+            [2, 16 + 4 + n4, 16],
+            [2, 16 + 4 + n4, 16],
+            &|x| {
+                let x = x * 1.0;
+                let parts = [
+                    x.clone().narrow(1, 0, 16),
+                    x.clone().narrow(1, 16, 4),
+                    x.narrow(1, 20, n4),
+                ];
+                Tensor::cat(ffm(parts, 1.0).to_vec(), 1)
+            },
+            &|x| {
+                let x = x * 1.0;
+                let parts = [
+                    x.clone().narrow(1, 0, 16),
+                    x.clone().narrow(1, 16, 4),
+                    x.narrow(1, 20, n4),
+                ];
+                Tensor::cat(ffm(parts, 1.0).to_vec(), 1)
+            },
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
