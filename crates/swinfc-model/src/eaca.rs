@@ -76,6 +76,12 @@ impl<B: FusedOps> CrossSpatialAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let x2 = permute(x, [0, 2, 1]).reshape([b, d, h, w]);
+        // A softmax over one cell is the constant 1, with no gradient: on a 1×1 grid (the last
+        // stage of a small input) the attention is X ⊙ 2, said outright, because Burn 0.21's
+        // CubeBackend (CUDA, wgpu) computed this branch wrongly there (tests/wgpu.rs).
+        if h == 1 && w == 1 {
+            return (x2 * 2.0).reshape([b, d, n]).swap_dims(1, 2);
+        }
         let a_h = softmax(self.conv_h.forward(x2.clone().mean_dim(3)), 2); // [B, D, H, 1]
         let a_w = softmax(self.conv_w.forward(x2.clone().mean_dim(2)), 3); // [B, D, 1, W]
         (x2 * (a_h + a_w)).reshape([b, d, n]).swap_dims(1, 2)

@@ -20,9 +20,9 @@ use burn::backend::{Autodiff, Flex, Wgpu, flex::FlexDevice};
 use burn::nn::LayerNormConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use swinfc_model::TrainBackend;
 use swinfc_model::eaca::ExternalAttention;
 use swinfc_model::fused::{gelu, layer_norm, permute, softmax, window_softmax};
+use swinfc_model::{FusedOps, SwinFc, TrainBackend};
 
 type Gpu = Autodiff<Wgpu>;
 type Cpu = Autodiff<Flex>;
@@ -410,6 +410,82 @@ fn ffm_with_a_one_token_stage_agrees_with_flex() {
                 Tensor::cat(ffm(parts, 1.0).to_vec(), 1)
             },
         ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Each branch's pieces in forward order, from the backbone's taps of a fixed batch.
+fn branch_pieces<B: FusedOps>(m: &SwinFc<B>, dev: &B::Device) -> Vec<(String, Vec<f32>)> {
+    let n = 2 * 3 * 32 * 32;
+    let v: Vec<f32> = (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2654435761) >> 8) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let images = Tensor::<B, 4>::from_data(TensorData::new(v, [2, 3, 32, 32]), dev);
+    let mut out = Vec::new();
+    let mut x = m.patch_embed.forward(images);
+    let mut taps = Vec::new();
+    for (i, layer) in m.layers.iter().enumerate() {
+        x = layer.forward(x, None).0;
+        if i > 0 {
+            let [b, h, w, c] = x.dims();
+            taps.push((h, x.clone().reshape([b, h * w, c])));
+        }
+    }
+    let projs = [&m.branch_proj.s2, &m.branch_proj.s3, &m.branch_proj.s4];
+    let eacas = [&m.eaca.s2, &m.eaca.s3, &m.eaca.s4];
+    let mut branches = Vec::new();
+    for (k, (side, tap)) in taps.into_iter().enumerate() {
+        let [b, nn, c] = tap.dims();
+        let normed = layer_norm(&projs[k].norm, tap);
+        out.push((format!("branch {k} norm"), host(normed.clone())));
+        let d = projs[k].fc.weight.dims()[1];
+        let t = projs[k]
+            .fc
+            .forward(normed.reshape([b * nn, c]))
+            .reshape([b, nn, d]);
+        out.push((format!("branch {k} proj"), host(t.clone())));
+        let e = eacas[k].forward(t, side, side);
+        out.push((format!("branch {k} eaca"), host(e.clone())));
+        branches.push(e);
+    }
+    let fused = swinfc_model::ffm::ffm(
+        [branches[0].clone(), branches[1].clone(), branches[2].clone()],
+        1.0,
+    );
+    for (k, f) in fused.iter().enumerate() {
+        out.push((format!("branch {k} ffm"), host(f.clone())));
+    }
+    out
+}
+
+/// The three branches (LayerNorm, projection, EACA, FFM) of a small model whose last stage is
+/// one token: on a 1×1 grid CA's branch came out wrong on CubeBackend (now said outright in
+/// `eaca.rs`); every piece must equal Flex's.
+#[test]
+fn every_branch_agrees_with_flex() {
+    use swinfc_model::ModelConfig;
+    use swinfc_model::weights::{load_state_dict, state_dict};
+    let cfg = ModelConfig {
+        img_size: 32,
+        embed_dim: 8,
+        branch_dim: 16,
+        ea_memory: 4,
+        num_classes: 4,
+        drop_path: 0.0,
+        ..ModelConfig::preset("tiny").unwrap()
+    };
+    let cpu = cfg.init::<Cpu>(3, &FlexDevice);
+    let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
+    let mut failures = Vec::new();
+    for ((name, got), (_, want)) in branch_pieces(&gpu, &WgpuDevice::default())
+        .iter()
+        .zip(&branch_pieces(&cpu, &FlexDevice))
+    {
+        let diff = max_diff(got, want);
+        eprintln!("{name:<48} forward {diff:.3e}");
+        if diff > 1e-5 {
+            failures.push(format!("{name}: {diff:e}"));
+        }
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
