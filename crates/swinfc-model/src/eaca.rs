@@ -78,7 +78,9 @@ impl<B: FusedOps> CrossSpatialAttention<B> {
         let x2 = permute(x, [0, 2, 1]).reshape([b, d, h, w]);
         // A softmax over one cell is the constant 1, with no gradient: on a 1×1 grid (the last
         // stage of a small input) the attention is X ⊙ 2, said outright, because Burn 0.21's
-        // CubeBackend (CUDA, wgpu) computed this branch wrongly there (tests/wgpu.rs).
+        // CubeBackend (CUDA, wgpu) computed this branch wrongly there, also as X ⊙ (0·conv + 2)
+        // (tests/wgpu.rs). The convs then have no gradient; the flat SGD takes a missing gradient
+        // as zeros, so weight decay still shrinks them as PyTorch's zero gradients do.
         if h == 1 && w == 1 {
             return (x2 * 2.0).reshape([b, d, n]).swap_dims(1, 2);
         }

@@ -27,15 +27,17 @@ fn backward(
 #[test]
 fn flat_sgd_matches_burn_sgd_with_two_groups() {
     let dev = Default::default();
+    // 64²: no stage is a 1×1 grid, where CA's convs have no gradient (Burn's SGD then leaves
+    // them alone while ours applies weight decay, as PyTorch does with its zero gradients).
     let cfg = ModelConfig {
-        img_size: 32,
+        img_size: 64,
         embed_dim: 8,
         branch_dim: 16,
         ea_memory: 4,
         num_classes: 3,
         ..ModelConfig::preset("tiny").unwrap()
     };
-    let images = Tensor::<B, 4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &dev);
+    let images = Tensor::<B, 4>::random([2, 3, 64, 64], Distribution::Normal(0.0, 1.0), &dev);
     let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &dev);
     let (lr_bb, lr_new, wd) = (0.01, 0.05, 1e-3f32 as f64);
 
