@@ -27,6 +27,25 @@ use swinfc_model::{FusedOps, SwinFc, TrainBackend};
 type Gpu = Autodiff<Wgpu>;
 type Cpu = Autodiff<Flex>;
 
+/// The probe's small model (a 32² input, so its last stage is one token), on wgpu and on Flex with
+/// the same weights.
+fn small_models() -> (SwinFc<Gpu>, SwinFc<Cpu>) {
+    use swinfc_model::ModelConfig;
+    use swinfc_model::weights::{load_state_dict, state_dict};
+    let cfg = ModelConfig {
+        img_size: 32,
+        embed_dim: 8,
+        branch_dim: 16,
+        ea_memory: 4,
+        num_classes: 4,
+        drop_path: 0.0,
+        ..ModelConfig::preset("tiny").unwrap()
+    };
+    let cpu = cfg.init::<Cpu>(3, &FlexDevice);
+    let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
+    (gpu, cpu)
+}
+
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n as u32)
         .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 8) % 1000) as f32 / 500.0 - 1.0)
@@ -252,19 +271,7 @@ fn unit_length_axes_agree_with_flex() {
 /// whose window is that one token.
 #[test]
 fn a_one_token_stage_agrees_with_flex() {
-    use swinfc_model::ModelConfig;
-    use swinfc_model::weights::{load_state_dict, state_dict};
-    let cfg = ModelConfig {
-        img_size: 32,
-        embed_dim: 8,
-        branch_dim: 16,
-        ea_memory: 4,
-        num_classes: 4,
-        drop_path: 0.0,
-        ..ModelConfig::preset("tiny").unwrap()
-    };
-    let cpu = cfg.init::<Cpu>(3, &FlexDevice);
-    let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
+    let (gpu, cpu) = small_models();
     let (gs, cs) = (&gpu.layers[3], &cpu.layers[3]);
     let (gm, cm) = (gs.downsample.as_ref().unwrap(), cs.downsample.as_ref().unwrap());
     let mut failures = Vec::new();
@@ -323,19 +330,7 @@ fn a_one_token_stage_agrees_with_flex() {
 /// The branch modules of stage 2 (a 4×4 grid): EACA's two attentions.
 #[test]
 fn stage_two_branches_agree_with_flex() {
-    use swinfc_model::ModelConfig;
-    use swinfc_model::weights::{load_state_dict, state_dict};
-    let cfg = ModelConfig {
-        img_size: 32,
-        embed_dim: 8,
-        branch_dim: 16,
-        ea_memory: 4,
-        num_classes: 4,
-        drop_path: 0.0,
-        ..ModelConfig::preset("tiny").unwrap()
-    };
-    let cpu = cfg.init::<Cpu>(3, &FlexDevice);
-    let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
+    let (gpu, cpu) = small_models();
     let (ge, ce) = (&gpu.eaca.s2, &cpu.eaca.s2);
     let mut failures = Vec::new();
     failures.extend(check(
@@ -463,19 +458,7 @@ fn branch_pieces<B: FusedOps>(m: &SwinFc<B>, dev: &B::Device) -> Vec<(String, Ve
 /// `eaca.rs`); every piece must equal Flex's.
 #[test]
 fn every_branch_agrees_with_flex() {
-    use swinfc_model::ModelConfig;
-    use swinfc_model::weights::{load_state_dict, state_dict};
-    let cfg = ModelConfig {
-        img_size: 32,
-        embed_dim: 8,
-        branch_dim: 16,
-        ea_memory: 4,
-        num_classes: 4,
-        drop_path: 0.0,
-        ..ModelConfig::preset("tiny").unwrap()
-    };
-    let cpu = cfg.init::<Cpu>(3, &FlexDevice);
-    let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
+    let (gpu, cpu) = small_models();
     let mut failures = Vec::new();
     for ((name, got), (_, want)) in branch_pieces(&gpu, &WgpuDevice::default())
         .iter()
