@@ -27,7 +27,7 @@ use swinfc_model::{LossConfig, ModelConfig, SwinFc, TrainBackend, model_and_loss
 
 use swinfc_train::TrainError;
 use swinfc_train::config::{Precision, TrainSection};
-use swinfc_train::optim::{FlatLayout, Sgd};
+use swinfc_train::optim::Sgd;
 use swinfc_train::step::{StepConfig, Trainer};
 use swinfc_train::sync::GradSync;
 
@@ -153,7 +153,7 @@ fn trainer<B: TrainBackend>(
     grad_sync: GradSync<B::InnerBackend>,
     device: &B::Device,
 ) -> Trainer<B> {
-    let sgd = Sgd::new(FlatLayout::of(&model), device);
+    let sgd = Sgd::new(&model);
     let b = settings.micro_batch;
     // The paper's optimiser settings (configs/cub.yaml); the values do not change the work done.
     let train = TrainSection {
@@ -428,7 +428,7 @@ mod tests {
         let mut bench = trainer(model.clone(), &loss, &settings, GradSync::Host, &FlexDevice);
         let report = time_steps(&mut bench, &batch, &settings).expect("finite steps");
 
-        let sgd = Sgd::new(FlatLayout::of(&model), &FlexDevice);
+        let sgd = Sgd::new(&model);
         let config = StepConfig {
             profile: false,
             ..bench.config().clone()

@@ -17,7 +17,7 @@ use swinfc_model::weights::{load_state_dict, state_dict};
 use swinfc_model::{LossConfig, ModelConfig, SwinFc, TrainBackend, swinfc_loss};
 use swinfc_train::TrainError;
 use swinfc_train::config::Precision;
-use swinfc_train::optim::{FlatLayout, Sgd, StepSettings, compute_copy, flatten_grads};
+use swinfc_train::optim::{FlatLayout, Sgd, StepSettings, flatten_grads};
 use swinfc_train::sync::GradSync;
 
 use swinfc_data::Batch;
@@ -302,7 +302,8 @@ fn side<B: TrainBackend>(
     let n = batch.shape[0];
     let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images.clone(), batch.shape), device);
     let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [n]), device);
-    let copy = compute_copy(&model, precision);
+    let mut sgd = Sgd::new(&model);
+    let copy = sgd.compute_copy(&model, precision);
     let compute = copy.as_ref().unwrap_or(&model);
     let trace = backbone_trace(compute, images.clone());
     let output = compute.forward(images, Some(0x5EED));
@@ -334,7 +335,7 @@ fn side<B: TrainBackend>(
         out: &mut param_grads,
         backend: std::marker::PhantomData,
     });
-    let flat = flatten_grads(compute, &grads);
+    let flat = flatten_grads(compute, &grads, sgd.layout());
     let flat_host = host(flat.clone());
     let sum_sq_powi = f64::from(host(flat.clone().powi_scalar(2).sum())[0]);
     let sum_sq_mul = f64::from(host((flat.clone() * flat.clone()).sum())[0]);
@@ -351,7 +352,6 @@ fn side<B: TrainBackend>(
         .average(flat, extra, 1, max_norm, &mut LocalCollective, None)
         .map_err(TrainError::from)?;
     let clipped = host(synced.grad.clone());
-    let mut sgd = Sgd::new(FlatLayout::of(&model), device);
     let step = StepSettings {
         lr_backbone: 0.01,
         lr_new: 0.05,

@@ -1,14 +1,17 @@
-//! SGD with momentum over a flat gradient buffer, with the two learning-rate groups of the spec.
+//! SGD with momentum over flat buffers, with the two learning-rate groups of the spec.
 //!
 //! Gradients travel between workers as one flat buffer in a fixed parameter order (the model's
-//! visit order, identical in every process). The update is torch's `SGD(momentum, dampening=0,
-//! weight_decay)`: v ← μ·v + (g + λ·p); p ← p − lr·v. It is written here rather than taken from
-//! Burn so that momentum lives in the same flat order and checkpoints by parameter name.
+//! visit order, identical in every process). The master weights and the momentum are flat
+//! buffers in the same layout, so the update is torch's `SGD(momentum, dampening=0,
+//! weight_decay)`, v ← μ·v + (g + λ·p); p ← p − lr·v, as a few element-wise operations over the
+//! whole model (one fused kernel under Burn's fusion), and the model's parameters are views of
+//! the weights. It is written here rather than taken from Burn for that, and so that momentum
+//! checkpoints by parameter name.
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, FloatDType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use swinfc_model::weights::{StateDict, WeightsError, load_state_dict, state_dict};
 use swinfc_model::{ParamGroup, SwinFc};
@@ -16,21 +19,31 @@ use swinfc_model::{ParamGroup, SwinFc};
 use crate::config::Precision;
 use crate::sync::{CheckError, ELEMENT_TOLERANCE};
 
+/// Where each parameter starts in a flat buffer is a multiple of this many elements. A
+/// CubeBackend `narrow` is a view rather than a copy only where its start and end bytes fall on
+/// the device's memory alignment (512 B on CUDA: burn-cubecl 0.21 `kernel/index/slice.rs`), and
+/// the model's parameters are views of the flat master weights, in f32 (1 KiB here) and in their
+/// bf16 cast (512 B). The gaps hold zeros: they add nothing to a sum, a norm or an update.
+pub const ALIGN: usize = 256;
+
 /// One parameter in flat order.
 #[derive(Debug, Clone)]
 pub struct ParamSlot {
     pub id: ParamId,
     /// PyTorch name (`layers.0.blocks.1.attn.qkv.weight`).
     pub name: String,
+    /// A multiple of [`ALIGN`].
     pub offset: usize,
     pub numel: usize,
     pub group: ParamGroup,
 }
 
-/// The flat layout of a model's parameters, in visit order.
+/// The flat layout of a model's parameters, in visit order, each starting at a multiple of
+/// [`ALIGN`].
 #[derive(Debug, Clone)]
 pub struct FlatLayout {
     pub slots: Vec<ParamSlot>,
+    /// A multiple of [`ALIGN`]: the last parameter is followed by zeros too.
     pub len: usize,
 }
 
@@ -49,26 +62,58 @@ impl FlatLayout {
                     offset,
                     numel,
                 };
-                offset += numel;
+                offset = (offset + numel).next_multiple_of(ALIGN);
                 slot
             })
             .collect();
         Self { slots, len: offset }
     }
+
+    /// One tensor per slot, in slot order, concatenated with zeros in the gaps: [len].
+    fn concat<B: Backend>(&self, parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+        let mut padded = Vec::with_capacity(2 * parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            let end = self.slots[i].offset + self.slots[i].numel;
+            let next = self.slots.get(i + 1).map_or(self.len, |s| s.offset);
+            let zeros = (next > end).then(|| Tensor::zeros([next - end], (&part.device(), part.dtype())));
+            padded.push(part);
+            padded.extend(zeros);
+        }
+        Tensor::cat(padded, 0)
+    }
+
+    /// `model` with each parameter replaced by its slot of `flat` ([len]), a view.
+    fn views<B: AutodiffBackend>(&self, model: SwinFc<B>, flat: &Tensor<B::InnerBackend, 1>) -> SwinFc<B> {
+        model.map(&mut Views {
+            flat,
+            layout: self,
+            index: 0,
+        })
+    }
+
+    /// Elements of parameters in the new-module group (learning rate `lr_new`).
+    fn new_group<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Bool> {
+        let mut mask = vec![false; self.len];
+        for slot in self.slots.iter().filter(|s| s.group == ParamGroup::New) {
+            mask[slot.offset..slot.offset + slot.numel].fill(true);
+        }
+        Tensor::from_data(TensorData::new(mask, [self.len]), device)
+    }
 }
 
-/// Concatenates the gradients in flat order (zeros for a parameter without one): [len], in f32
+/// Concatenates the gradients in `layout` (zeros for a parameter without one): [len], in f32
 /// whatever the model computes in, because the sum over ranks and the update are done in f32.
 pub fn flatten_grads<B: AutodiffBackend>(
     model: &SwinFc<B>,
     grads: &GradientsParams,
+    layout: &FlatLayout,
 ) -> Tensor<B::InnerBackend, 1> {
     let mut parts = Vec::new();
     model.visit(&mut CollectGrads::<B> {
         grads,
         parts: &mut parts,
     });
-    Tensor::cat(parts, 0).cast(FloatDType::F32)
+    layout.concat(parts).cast(FloatDType::F32)
 }
 
 struct CollectGrads<'a, B: AutodiffBackend> {
@@ -81,7 +126,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for CollectGrads<'_, B> {
         let n = param.shape().num_elements();
         let grad = match self.grads.get::<B::InnerBackend, D>(param.id) {
             Some(g) => g.reshape([n]),
-            None => Tensor::zeros([n], &param.val().device()),
+            None => Tensor::zeros([n], (&param.val().device(), param.val().dtype())),
         };
         self.parts.push(grad);
     }
@@ -93,30 +138,6 @@ pub fn flat_tensor<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B
     Tensor::from_data(TensorData::new(values, [n]), (device, DType::F32))
 }
 
-/// The copy of `model` that runs forward and backward when the run computes in a lower precision
-/// than the f32 master weights the optimizer updates: the same parameters (and ids, so its
-/// gradients flatten in the same order) cast to `precision`. `None` for fp32: the model itself computes.
-pub fn compute_copy<B: AutodiffBackend>(model: &SwinFc<B>, precision: Precision) -> Option<SwinFc<B>> {
-    let dtype = match precision {
-        Precision::Fp32 => return None,
-        Precision::Bf16 => FloatDType::BF16,
-    };
-    Some(model.clone().map(&mut CastParams { dtype }))
-}
-
-struct CastParams {
-    dtype: FloatDType,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for CastParams {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, tensor, mapper) = param.consume();
-        // A new leaf: gradients stop here rather than flowing into the f32 master copy.
-        let cast = Tensor::from_inner(tensor.inner().cast(self.dtype)).require_grad();
-        Param::from_mapped_value(id, cast, mapper)
-    }
-}
-
 /// Hyper-parameters of one update.
 #[derive(Debug, Clone, Copy)]
 pub struct StepSettings {
@@ -126,140 +147,180 @@ pub struct StepSettings {
     pub weight_decay: f64,
 }
 
-/// Momentum buffers, flat per parameter in visit order, and that order's layout (fixed for a
-/// model, so it is computed once rather than every step).
+/// The f32 master weights and their momentum, each one flat buffer in a [`FlatLayout`], so that
+/// an update is a few element-wise passes over the whole model (fused into one kernel where the
+/// backend fuses) rather than a chain of small operations per parameter. The model's parameters
+/// are views of the master weights (or of their one cast to the compute precision).
 pub struct Sgd<B: AutodiffBackend> {
     layout: FlatLayout,
-    velocity: Vec<Tensor<B::InnerBackend, 1>>,
+    /// [len], f32.
+    weights: Tensor<B::InnerBackend, 1>,
+    /// [len], f32 whatever the device's default float type: momentum accumulates small updates.
+    velocity: Tensor<B::InnerBackend, 1>,
+    /// [len]: true where the learning rate is `lr_new`.
+    new_group: Tensor<B::InnerBackend, 1, Bool>,
 }
 
 impl<B: AutodiffBackend> Sgd<B> {
-    pub fn new(layout: FlatLayout, device: &burn::tensor::Device<B::InnerBackend>) -> Self {
-        let velocity = layout
-            .slots
-            .iter()
-            // f32 whatever the device's default float type: momentum accumulates small updates.
-            .map(|s| Tensor::zeros([s.numel], (device, DType::F32)))
-            .collect();
-        Self { layout, velocity }
+    /// Zero momentum; the master weights are `model`'s, in f32.
+    pub fn new(model: &SwinFc<B>) -> Self {
+        let layout = FlatLayout::of(model);
+        let weights = flat_values(model.valid(), &layout);
+        let velocity = Tensor::zeros([layout.len], (&weights.device(), DType::F32));
+        Self::from_parts(layout, weights, velocity)
+    }
+
+    fn from_parts(
+        layout: FlatLayout,
+        weights: Tensor<B::InnerBackend, 1>,
+        velocity: Tensor<B::InnerBackend, 1>,
+    ) -> Self {
+        let new_group = layout.new_group(&weights.device());
+        Self {
+            layout,
+            weights,
+            velocity,
+            new_group,
+        }
     }
 
     pub fn layout(&self) -> &FlatLayout {
         &self.layout
     }
 
-    /// Applies one update with the (already averaged and clipped) flat gradient.
+    /// Applies one update with the (already averaged and clipped) flat gradient; `model` gives
+    /// the structure, its parameters become views of the updated master weights.
     pub fn step(
         &mut self,
         model: SwinFc<B>,
         grad: Tensor<B::InnerBackend, 1>,
         settings: StepSettings,
     ) -> SwinFc<B> {
-        self.update(model, grad, settings, false).0
+        self.update(grad, settings);
+        self.master(model)
     }
 
-    /// [`Sgd::step`], and every updated parameter and momentum buffer compared with the same
-    /// update computed on the host from copies of the same values (the device check of
-    /// [`crate::sync`]): a parameter that differs by more than 1e-6 relative is an error naming it.
+    /// [`Sgd::step`], and the updated weights and momentum compared with the same update computed
+    /// on the host from copies of the same values (the device check of [`crate::sync`]): an
+    /// element that differs by more than 1e-6 relative is an error naming its parameter.
     pub fn step_checked(
         &mut self,
         model: SwinFc<B>,
         grad: Tensor<B::InnerBackend, 1>,
         settings: StepSettings,
     ) -> Result<SwinFc<B>, CheckError> {
-        match self.update(model, grad, settings, true) {
-            (model, None) => Ok(model),
-            (_, Some(mismatch)) => Err(mismatch),
+        let before = [self.weights.clone(), self.velocity.clone(), grad.clone()].map(host_f32);
+        self.update(grad, settings);
+        let after = [self.weights.clone(), self.velocity.clone()].map(host_f32);
+        for slot in &self.layout.slots {
+            let lr = match slot.group {
+                ParamGroup::Backbone => settings.lr_backbone,
+                ParamGroup::New => settings.lr_new,
+            };
+            let range = slot.offset..slot.offset + slot.numel;
+            let values =
+                [&before[0], &before[1], &before[2], &after[0], &after[1]].map(|v| &v[range.clone()]);
+            if let Some(mismatch) = check_update(&slot.name, values, lr, settings) {
+                return Err(mismatch);
+            }
         }
+        Ok(self.master(model))
     }
 
-    fn update(
-        &mut self,
-        model: SwinFc<B>,
-        grad: Tensor<B::InnerBackend, 1>,
-        settings: StepSettings,
-        check: bool,
-    ) -> (SwinFc<B>, Option<CheckError>) {
-        let mut update = Update {
-            layout: &self.layout,
-            grad,
-            velocity: &mut self.velocity,
-            settings,
-            index: 0,
-            check,
-            mismatch: None,
+    /// torch's `SGD(momentum, dampening=0, weight_decay)` over the flat buffers:
+    /// v ← μ·v + (g + λ·p); p ← p − lr·v, lr by group.
+    fn update(&mut self, grad: Tensor<B::InnerBackend, 1>, s: StepSettings) {
+        let p = self.weights.clone();
+        let d = if s.weight_decay != 0.0 {
+            grad + p.clone().mul_scalar(s.weight_decay)
+        } else {
+            grad
         };
-        let model = model.map(&mut update);
-        (model, update.mismatch)
+        let v = self.velocity.clone().mul_scalar(s.momentum) + d;
+        let lr_v = v
+            .clone()
+            .mul_scalar(s.lr_backbone)
+            .mask_where(self.new_group.clone(), v.clone().mul_scalar(s.lr_new));
+        self.weights = p - lr_v;
+        self.velocity = v;
+    }
+
+    /// `model` with the master weights as its parameters (each a view, in f32).
+    fn master(&self, model: SwinFc<B>) -> SwinFc<B> {
+        self.layout.views(model, &self.weights)
+    }
+
+    /// The copy of `model` that runs forward and backward when the run computes in a lower
+    /// precision than the f32 master weights: one cast of the flat master weights, each
+    /// parameter a view of it with the same id (so that its gradients flatten in the same
+    /// order). `None` for fp32: the model itself computes.
+    pub fn compute_copy(&self, model: &SwinFc<B>, precision: Precision) -> Option<SwinFc<B>> {
+        let dtype = match precision {
+            Precision::Fp32 => return None,
+            Precision::Bf16 => FloatDType::BF16,
+        };
+        Some(
+            self.layout
+                .views(model.clone(), &self.weights.clone().cast(dtype)),
+        )
     }
 
     /// Momentum buffers by parameter name, in PyTorch layout (as `model.safetensors`).
     pub fn state_dict(&self, model: &SwinFc<B>) -> StateDict {
-        let as_values = model.valid().map(&mut ReplaceValues::<B::InnerBackend> {
-            values: &self.velocity,
-            index: 0,
-        });
-        state_dict(&as_values)
+        state_dict(&self.layout.views(model.clone(), &self.velocity).valid())
     }
 
-    /// Restores buffers written by [`Sgd::state_dict`]; every parameter must be present.
+    /// Restores buffers written by [`Sgd::state_dict`]; every parameter must be present. The
+    /// master weights are `model`'s.
     pub fn load_state_dict(model: &SwinFc<B>, dict: &StateDict) -> Result<Self, WeightsError> {
         let (loaded, report) = load_state_dict(model.valid(), dict)?;
         if let Some(key) = report.initialised.first() {
             return Err(WeightsError::MissingBackbone { key: key.clone() });
         }
-        let mut velocity = Vec::new();
-        loaded.visit(&mut CollectValues { out: &mut velocity });
-        Ok(Self {
-            layout: FlatLayout::of(model),
-            velocity,
-        })
+        let layout = FlatLayout::of(model);
+        let weights = flat_values(model.valid(), &layout);
+        let velocity = flat_values(loaded, &layout);
+        Ok(Self::from_parts(layout, weights, velocity))
     }
 }
 
-struct Update<'a, B: AutodiffBackend> {
-    layout: &'a FlatLayout,
-    grad: Tensor<B::InnerBackend, 1>,
-    velocity: &'a mut Vec<Tensor<B::InnerBackend, 1>>,
-    settings: StepSettings,
-    index: usize,
-    /// Compare each parameter's update with the host's; the first that differs is kept.
-    check: bool,
-    mismatch: Option<CheckError>,
+/// A module's parameter values as one flat f32 buffer in `layout`.
+fn flat_values<B: Backend>(module: SwinFc<B>, layout: &FlatLayout) -> Tensor<B, 1> {
+    let mut parts = Vec::new();
+    module.visit(&mut CollectValues { out: &mut parts });
+    layout.concat(parts).cast(FloatDType::F32)
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
+struct CollectValues<'a, B: Backend> {
+    out: &'a mut Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for CollectValues<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.shape().num_elements();
+        self.out.push(param.val().reshape([n]));
+    }
+}
+
+/// Replaces each parameter by its view of `flat` (its slot, reshaped) as a new leaf: gradients
+/// stop there rather than flowing into whatever the parameter was before.
+struct Views<'a, B: Backend> {
+    flat: &'a Tensor<B, 1>,
+    layout: &'a FlatLayout,
+    index: usize,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Views<'_, B::InnerBackend> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let slot = &self.layout.slots[self.index];
         let (id, tensor, mapper) = param.consume();
-        let shape = tensor.shape();
-        let s = self.settings;
-        let lr = match slot.group {
-            ParamGroup::Backbone => s.lr_backbone,
-            ParamGroup::New => s.lr_new,
-        };
-        // The update is computed in f32 like the gradient and momentum, and stored back in the
-        // parameter's own type (a no-op for the f32 master weights of training).
-        let dtype = tensor.dtype();
-        let p = tensor.inner().reshape([slot.numel]).cast(FloatDType::F32);
-        let g = self.grad.clone().narrow(0, slot.offset, slot.numel);
-        let d = if s.weight_decay != 0.0 {
-            g + p.clone().mul_scalar(s.weight_decay)
-        } else {
-            g
-        };
-        let before = self.check.then(|| (p.clone(), self.velocity[self.index].clone()));
-        let v = self.velocity[self.index].clone().mul_scalar(s.momentum) + d;
-        let p_new = p - v.clone().mul_scalar(lr);
-        if let Some((p, v_old)) = before.filter(|_| self.mismatch.is_none()) {
-            let g = self.grad.clone().narrow(0, slot.offset, slot.numel);
-            let host = [p, v_old, g, p_new.clone(), v.clone()].map(host_f32);
-            self.mismatch = check_update(&slot.name, &host, lr, s);
-        }
-        self.velocity[self.index] = v;
+        let slot = &self.layout.slots[self.index];
         self.index += 1;
-        let updated = Tensor::from_inner(p_new.reshape(shape).cast(dtype)).require_grad();
-        Param::from_mapped_value(id, updated, mapper)
+        let view = self
+            .flat
+            .clone()
+            .narrow(0, slot.offset, slot.numel)
+            .reshape(tensor.shape());
+        Param::from_mapped_value(id, Tensor::from_inner(view).require_grad(), mapper)
     }
 }
 
@@ -267,7 +328,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
 /// same update in f32 on the host.
 fn check_update(
     name: &str,
-    [p, v, g, p_new, v_new]: &[Vec<f32>; 5],
+    [p, v, g, p_new, v_new]: [&[f32]; 5],
     lr: f64,
     s: StepSettings,
 ) -> Option<CheckError> {
@@ -297,31 +358,6 @@ fn host_f32<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data()
         .to_vec::<f32>()
         .expect("parameters are updated in f32")
-}
-
-struct ReplaceValues<'a, B: Backend> {
-    values: &'a [Tensor<B, 1>],
-    index: usize,
-}
-
-impl<B: Backend> ModuleMapper<B> for ReplaceValues<'_, B> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, tensor, mapper) = param.consume();
-        let value = self.values[self.index].clone().reshape(tensor.shape());
-        self.index += 1;
-        Param::from_mapped_value(id, value, mapper)
-    }
-}
-
-struct CollectValues<'a, B: Backend> {
-    out: &'a mut Vec<Tensor<B, 1>>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for CollectValues<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let n = param.shape().num_elements();
-        self.out.push(param.val().reshape([n]));
-    }
 }
 
 /// Linear warmup to `base` over `warmup` steps, then cosine to 0 at `total` (step is 0-based).

@@ -36,7 +36,7 @@ use swinfc_model::{LossConfig, LossParts, SwinFc, TrainBackend, swinfc_loss};
 use tracing::warn;
 
 use crate::config::{TrainConfig, TrainSection};
-use crate::optim::{Sgd, StepSettings, compute_copy, flat_tensor, flatten_grads, learning_rate};
+use crate::optim::{Sgd, StepSettings, flat_tensor, flatten_grads, learning_rate};
 use crate::sync::GradSync;
 use crate::trainer::TrainError;
 
@@ -192,8 +192,8 @@ fn finite(x: impl Into<f64>) -> Option<f64> {
 /// This rank's replica and everything that changes it: the model (f32 master weights), the
 /// momentum buffers, and where the gradients are summed.
 pub struct Trainer<B: AutodiffBackend> {
-    /// `None` only inside [`Sgd::step`], which takes the model by value so that each parameter
-    /// is uniquely owned and the update can reuse its buffer.
+    /// `None` only inside [`Sgd::step`], which takes the model by value and gives back its
+    /// parameters as views of the updated master weights.
     model: Option<SwinFc<B>>,
     sgd: Sgd<B>,
     grad_sync: GradSync<B::InnerBackend>,
@@ -263,7 +263,7 @@ impl<B: TrainBackend> Trainer<B> {
 
         // Data → forward → losses → backward, summed over this rank's micro-batches.
         let model = self.model();
-        let copy = compute_copy(model, self.config.train.precision);
+        let copy = self.sgd.compute_copy(model, self.config.train.precision);
         let compute = copy.as_ref().unwrap_or(model);
         let mut grad_sum = None;
         let mut loss_sum = None;
@@ -291,7 +291,7 @@ impl<B: TrainBackend> Trainer<B> {
 
             let t = Instant::now();
             let grads = GradientsParams::from_grads(parts.total.backward(), compute);
-            grad_sum = Some(add(grad_sum, flatten_grads(compute, &grads)));
+            grad_sum = Some(add(grad_sum, flatten_grads(compute, &grads, self.sgd.layout())));
             self.fence()?;
             time.backward += t.elapsed();
         }

@@ -34,7 +34,7 @@ use crate::checkpoint::{
     SaveResult, TrainState, latest_valid, verify,
 };
 use crate::config::TrainConfig;
-use crate::optim::{FlatLayout, Sgd, compute_copy};
+use crate::optim::Sgd;
 use crate::step::{StepConfig, StepOutcome, Trainer};
 use crate::sync::{CheckError, GradSync, SyncError};
 
@@ -388,7 +388,7 @@ fn maybe_evaluate<B: TrainBackend>(
         return Ok(None);
     }
     link.heartbeat(step, Phase::Eval)?;
-    let copy = compute_copy(trainer.model(), cfg.train.precision);
+    let copy = trainer.sgd().compute_copy(trainer.model(), cfg.train.precision);
     let model = copy.as_ref().unwrap_or(trainer.model());
     let result = evaluate(
         model,
@@ -553,7 +553,7 @@ fn build_replicas<B: TrainBackend>(
     comm.broadcast_bytes(0, &mut optim_bytes)?;
     let (model, _) = load_state_dict(model, &state_dict_from_bytes(&model_bytes)?)?;
     let sgd = if optim_bytes.is_empty() {
-        Sgd::new(FlatLayout::of(&model), device)
+        Sgd::new(&model)
     } else {
         Sgd::load_state_dict(&model, &state_dict_from_bytes(&optim_bytes)?)?
     };

@@ -9,7 +9,7 @@ use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use swinfc_model::{LossConfig, ModelConfig, SwinFc, swinfc_loss};
-use swinfc_train::optim::{FlatLayout, Sgd, StepSettings, flatten_grads, learning_rate};
+use swinfc_train::optim::{Sgd, StepSettings, flatten_grads, learning_rate};
 
 type B = Autodiff<Flex>;
 
@@ -42,7 +42,7 @@ fn flat_sgd_matches_burn_sgd_with_two_groups() {
     let (lr_bb, lr_new, wd) = (0.01, 0.05, 1e-3f32 as f64);
 
     let mut ours = cfg.init::<B>(1, &dev);
-    let mut sgd = Sgd::<B>::new(FlatLayout::of(&ours), &dev);
+    let mut sgd = Sgd::<B>::new(&ours);
     let mut theirs = ours.clone();
     let sgd_config = || {
         SgdConfig::new()
@@ -62,7 +62,7 @@ fn flat_sgd_matches_burn_sgd_with_two_groups() {
             momentum: 0.9,
             weight_decay: wd,
         };
-        let flat = flatten_grads(&ours, &g);
+        let flat = flatten_grads(&ours, &g, sgd.layout());
         // The checked update (a run's first step) is the same update, and agrees with the host.
         ours = if i == 1 {
             sgd.step_checked(ours, flat, settings)
