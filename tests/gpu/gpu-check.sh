@@ -12,7 +12,8 @@
 #      train.precision fp32 and bf16: prints the backend used, the losses and the final top-1;
 #      passes when the loss goes down and the top-1 is within 15 points of the CPU run's. Then
 #      launched `swinfc worker`s summing their gradients with NCCL: two on the GPU where NCCL
-#      allows two ranks on one GPU, else one.
+#      allows two ranks on one GPU, else one. Two workers on the GPU summing through the TCP ring
+#      (`train.gradient_sum: host`) end with the weights of one worker with grad_accum 2 (1e-4).
 #   3. Only if this swinfc has `bench train-step`: our Swin-B@384 micro-batch-8 training step,
 #      fp32 and bf16, and PyTorch's (bench/torch/train_step.py) on the same GPU.
 #
@@ -107,7 +108,7 @@ done
 if [ -n "$bin_src" ]; then
   bindir="$work/bin"
   mkdir -p "$bindir"
-  for b in swinfc nccl-check; do
+  for b in swinfc nccl-check swinfc-launch; do
     if [ ! -e "$bin_src/$b" ] && [ ! -e "$bin_src/$b.gz" ] && [ "$backend" = cpu ]; then continue; fi
     if [ -e "$bin_src/$b.gz" ]; then
       gzip -dc "$bin_src/$b.gz" >"$bindir/$b"
@@ -116,10 +117,10 @@ if [ -n "$bin_src" ]; then
     fi
     chmod +x "$bindir/$b"
   done
-  swinfc=$bindir/swinfc nccl_check=$bindir/nccl-check
+  swinfc=$bindir/swinfc nccl_check=$bindir/nccl-check launch=$bindir/swinfc-launch
 elif [ "$backend" = cpu ]; then
   cargo build --release -p swinfc-cli || { fail "build swinfc"; summary; }
-  swinfc=${CARGO_TARGET_DIR:-target}/release/swinfc
+  swinfc=${CARGO_TARGET_DIR:-target}/release/swinfc launch=${CARGO_TARGET_DIR:-target}/release/swinfc-launch
 else
   cargo build --release --features swinfc-cli/cuda -p swinfc-cli || { fail "build swinfc"; summary; }
   cargo build --release -p swinfc-comm --features cuda --example nccl-check || { fail "build nccl-check"; summary; }
@@ -279,6 +280,37 @@ if [ "$backend" = cuda ]; then
   if [ $rc -ne 0 ]; then show_error "$log"; fail "$world worker(s): exit $rc"; else check_losses "$world worker(s), NCCL" "$log"; fi
 else
   echo "== 2. launched workers with NCCL: skipped on the CPU stand-in"
+fi
+
+# Two workers on the one GPU summing through the host and the TCP ring (`train.gradient_sum:
+# host`; NCCL refuses two ranks on one GPU) against one worker with grad_accum 2 from the same
+# start: the final weights must agree (1e-4 of each tensor's largest value, fp32). The stand-in
+# launches two CPU workers instead.
+echo "== 2. two workers summing through the TCP ring vs one with grad_accum 2, $backend fp32"
+ring_set=(--resume none --set train.total_steps=20 --set train.gradient_sum=host)
+train_run "1 worker, grad_accum 2" "$work/accum2.log" env "${device_env[@]}" "$swinfc" train "$work/tiny.yaml" \
+  "${ring_set[@]}" --set run.dir="$work/run-accum2"
+rc_one=$?
+if [ "$backend" = cuda ]; then
+  train_run "2 workers, tcp ring" "$work/ring2.log" "$nccl_check" spawn 2 "$swinfc" worker "$work/tiny.yaml" \
+    "${ring_set[@]}" --set run.dir="$work/run-ring2"
+else
+  train_run "2 workers, tcp ring" "$work/ring2.log" "$launch" --cpu 2 "$work/tiny.yaml" \
+    "${ring_set[@]}" --set run.dir="$work/run-ring2"
+fi
+rc_two=$?
+final_weights() { ls -d "$1"/checkpoints/step-* 2>/dev/null | tail -1 | sed 's|$|/model.safetensors|'; }
+if [ $rc_one -ne 0 ]; then
+  show_error "$work/accum2.log"
+  fail "1 worker with grad_accum 2: exit $rc_one"
+elif [ $rc_two -ne 0 ]; then
+  show_error "$work/ring2.log"
+  fail "2 workers through the TCP ring: exit $rc_two"
+elif python3 tests/gpu/compare_weights.py "$(final_weights "$work/run-ring2")" \
+  "$(final_weights "$work/run-accum2")" 1e-4; then
+  pass "2 workers through the TCP ring equal 1 worker with grad_accum 2 (1e-4)"
+else
+  fail "2 workers through the TCP ring differ from 1 worker with grad_accum 2"
 fi
 
 # --- 3. The training-step benchmark, ours and PyTorch's, where this build has it.

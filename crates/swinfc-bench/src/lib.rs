@@ -26,7 +26,7 @@ use swinfc_model::fused::{gelu, layer_norm, softmax};
 use swinfc_model::{LossConfig, ModelConfig, SwinFc, TrainBackend, model_and_loss_from_yaml};
 
 use swinfc_train::TrainError;
-use swinfc_train::config::{Precision, TrainSection};
+use swinfc_train::config::{GradientSum, Precision, TrainSection};
 use swinfc_train::optim::Sgd;
 use swinfc_train::step::{StepConfig, Trainer};
 use swinfc_train::sync::GradSync;
@@ -167,6 +167,7 @@ fn trainer<B: TrainBackend>(
         weight_decay: 1e-4,
         grad_clip: 1.0,
         precision: settings.precision,
+        gradient_sum: GradientSum::Device,
         pretrained: None,
         // A skipped step would be timed without its update: stop at the first.
         max_nonfinite_steps: 0,

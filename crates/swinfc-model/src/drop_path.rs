@@ -6,30 +6,58 @@
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
-/// Per-sample keep mask scaled by 1/(1-p), as timm's `drop_path`; identity without a key.
+/// Every residual branch's per-sample keep mask for one forward pass, scaled by 1/(1-p) as
+/// timm's `drop_path`. They are computed on the host and uploaded as one tensor, so that a pass
+/// costs one upload rather than one per branch (48 on Swin-B, each a wait on a GPU).
+pub struct DropMasks<B: Backend> {
+    /// [2·blocks, batch]: row 2i is block i's attention branch, row 2i + 1 its MLP branch.
+    masks: Tensor<B, 2>,
+}
+
+impl<B: Backend> DropMasks<B> {
+    /// `rates[i]`: block i's drop rate (a block of rate 0 gets rows of ones, never applied).
+    pub fn new(key: u64, rates: &[f64], batch: usize, device: &B::Device) -> Self {
+        let streams = 2 * rates.len();
+        let values = (0..streams)
+            .flat_map(|stream| keep_factors(key, rates[stream / 2], stream as u64, batch))
+            .collect();
+        Self {
+            masks: Tensor::from_data(TensorData::new(values, [streams, batch]), device),
+        }
+    }
+}
+
+/// `x` [batch, …] with stream `stream`'s samples dropped; `x` itself without masks (evaluation)
+/// or at rate 0.
 pub fn drop_path<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     rate: f64,
-    key: Option<u64>,
-    stream: u64,
+    masks: Option<&DropMasks<B>>,
+    stream: usize,
 ) -> Tensor<B, D> {
-    let Some(key) = key else { return x };
+    let Some(masks) = masks else { return x };
     if rate <= 0.0 {
         return x;
     }
-    let batch = x.dims()[0];
+    let mut shape = [1usize; D];
+    shape[0] = x.dims()[0];
+    x * masks.masks.clone().narrow(0, stream, 1).reshape(shape)
+}
+
+/// One stream's factors: 0 for a dropped sample, 1/(1-rate) for a kept one.
+fn keep_factors(key: u64, rate: f64, stream: u64, batch: usize) -> Vec<f32> {
+    if rate <= 0.0 {
+        return vec![1.0; batch];
+    }
     let mut state = key ^ splitmix64(stream.wrapping_add(0x5157_4146_4344_5250));
     let keep_scale = (1.0 / (1.0 - rate)) as f32;
-    let mask: Vec<f32> = (0..batch)
+    (0..batch)
         .map(|_| {
             state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let u = (splitmix64(state) >> 40) as f64 / (1u64 << 24) as f64;
             if u < rate { 0.0 } else { keep_scale }
         })
-        .collect();
-    let mut shape = [1usize; D];
-    shape[0] = batch;
-    x.clone() * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &x.device())
+        .collect()
 }
 
 /// SplitMix64's output function: a cheap, well-mixed hash of a 64-bit state.

@@ -8,6 +8,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::config::{ModelConfig, StageGeometry};
+use crate::drop_path::DropMasks;
 use crate::eaca::Eaca;
 use crate::ffm::ffm;
 use crate::fsm::{AttentionMap, pool_selected, select_tokens};
@@ -166,11 +167,20 @@ impl<B: FusedOps> SwinFc<B> {
     /// images [B, 3, H, W] → logits of every head and FSM's selection. `drop_key` enables
     /// stochastic depth for training (see [`crate::drop_path`]); `None` is evaluation.
     pub fn forward(&self, images: Tensor<B, 4>, drop_key: Option<u64>) -> SwinFcOutput<B> {
+        let drop = drop_key.map(|key| {
+            let rates: Vec<f64> = self
+                .layers
+                .iter()
+                .flat_map(|l| &l.blocks)
+                .map(|b| b.drop_rate())
+                .collect();
+            DropMasks::new(key, &rates, images.dims()[0], &images.device())
+        });
         let mut x = self.patch_embed.forward(images); // [B, H/4, W/4, C]
         let mut taps = Vec::with_capacity(3); // stage 2–4 outputs, [B, N_k, C_k]
         let mut last_maps = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let (y, maps) = layer.forward(x, drop_key);
+            let (y, maps) = layer.forward(x, drop.as_ref());
             x = y;
             if i > 0 {
                 taps.push(flatten_tokens(x.clone()));

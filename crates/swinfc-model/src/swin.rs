@@ -8,7 +8,7 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::config::StageGeometry;
-use crate::drop_path::drop_path;
+use crate::drop_path::{DropMasks, drop_path};
 use crate::fused::{FusedOps, LAYER_NORM_EPS, gelu, layer_norm as norm, permute, window_softmax};
 
 /// The mask value timm adds between tokens of different shifted regions.
@@ -178,11 +178,15 @@ impl<B: Backend> SwinBlock<B> {
     pub fn shift(&self) -> usize {
         self.shift
     }
+
+    pub fn drop_rate(&self) -> f64 {
+        self.drop_rate
+    }
 }
 
 impl<B: FusedOps> SwinBlock<B> {
     /// x [B, H, W, C] → (x [B, H, W, C], attention [B·nW, heads, N, N]).
-    pub fn forward(&self, x: Tensor<B, 4>, drop_key: Option<u64>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn forward(&self, x: Tensor<B, 4>, drop: Option<&DropMasks<B>>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [_, h, w, _] = x.dims();
         let s = self.shift as i64;
         let mut y = norm(&self.norm1, x.clone());
@@ -195,10 +199,10 @@ impl<B: FusedOps> SwinBlock<B> {
         if s > 0 {
             y = roll_forward(y, s);
         }
-        let stream = 2 * self.index as u64;
-        let x = x + drop_path(y, self.drop_rate, drop_key, stream);
+        let stream = 2 * self.index;
+        let x = x + drop_path(y, self.drop_rate, drop, stream);
         let y = self.mlp.forward(norm(&self.norm2, x.clone()));
-        (x + drop_path(y, self.drop_rate, drop_key, stream + 1), attn)
+        (x + drop_path(y, self.drop_rate, drop, stream + 1), attn)
     }
 }
 
@@ -242,14 +246,14 @@ pub struct SwinStage<B: Backend> {
 
 impl<B: FusedOps> SwinStage<B> {
     /// x [B, H, W, C] → (x [B, H', W', C'], each block's attention).
-    pub fn forward(&self, x: Tensor<B, 4>, drop_key: Option<u64>) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
+    pub fn forward(&self, x: Tensor<B, 4>, drop: Option<&DropMasks<B>>) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
         let mut x = match &self.downsample {
             Some(merge) => merge.forward(x),
             None => x,
         };
         let mut maps = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (y, attn) = block.forward(x, drop_key);
+            let (y, attn) = block.forward(x, drop);
             x = y;
             maps.push(attn);
         }

@@ -472,3 +472,105 @@ fn every_branch_agrees_with_flex() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Stage 3's CA (a 2×2 grid), where `swinfc bench probe --backend wgpu` found the first
+/// parameter gradient apart (`eaca.s3.ca.conv_w.bias`): the gradients of its convs' weights and
+/// biases, and of the pieces on the way to them.
+#[test]
+fn cross_spatial_attention_parameter_gradients_agree_with_flex() {
+    use burn::nn::conv::Conv2d;
+    let (gpu, cpu) = small_models();
+    let (gc, cc) = (&gpu.eaca.s3.ca, &cpu.eaca.s3.ca);
+    /// The gradients of Σ f(conv, x)·w with respect to the conv's weight and bias and to x.
+    fn grads<B: TrainBackend>(
+        conv: &Conv2d<B>,
+        shape: [usize; 4],
+        f: &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>,
+        dev: &B::Device,
+    ) -> [Vec<f32>; 3] {
+        let x = tensor::<B, 4>(shape, 1, dev).require_grad();
+        let y = f(conv, x.clone());
+        let w = tensor::<B, 4>(y.dims(), 2, dev);
+        let g = (y * w).sum().backward();
+        let bias = conv.bias.as_ref().expect("CA's convs have a bias");
+        [
+            host(conv.weight.val().grad(&g).expect("weight takes part")),
+            host(bias.val().grad(&g).expect("bias takes part")),
+            host(x.grad(&g).expect("x takes part")),
+        ]
+    }
+    let mut failures = Vec::new();
+    let mut compare = |name: &str,
+                       shape: [usize; 4],
+                       gf: &dyn Fn(&Conv2d<Gpu>, Tensor<Gpu, 4>) -> Tensor<Gpu, 4>,
+                       cf: &dyn Fn(&Conv2d<Cpu>, Tensor<Cpu, 4>) -> Tensor<Cpu, 4>,
+                       conv: usize| {
+        let (g_conv, c_conv) = match conv {
+            0 => (&gc.conv_w, &cc.conv_w),
+            _ => (&gc.conv_h, &cc.conv_h),
+        };
+        let g = grads(g_conv, shape, gf, &WgpuDevice::default());
+        let c = grads(c_conv, shape, cf, &FlexDevice);
+        let d = [0, 1, 2].map(|i| max_diff(&g[i], &c[i]));
+        eprintln!(
+            "{name:<48} weight {:.3e}  bias {:.3e}  x {:.3e}",
+            d[0], d[1], d[2]
+        );
+        if d.iter().any(|d| *d > 1e-5) {
+            failures.push(format!(
+                "{name}: weight {:e}, bias {:e}, x {:e}",
+                d[0], d[1], d[2]
+            ));
+        }
+    };
+    compare(
+        "conv_w on [2,16,1,2]",
+        [2, 16, 1, 2],
+        &|c, x| c.forward(x),
+        &|c, x| c.forward(x),
+        0,
+    );
+    compare(
+        "conv_h on [2,16,2,1]",
+        [2, 16, 2, 1],
+        &|c, x| c.forward(x),
+        &|c, x| c.forward(x),
+        1,
+    );
+    compare(
+        "softmax(conv_w(x), 3) on [2,16,1,2]",
+        [2, 16, 1, 2],
+        &|c, x| softmax(c.forward(x), 3),
+        &|c, x| softmax(c.forward(x), 3),
+        0,
+    );
+    compare(
+        "softmax(conv_w(mean_dim(x, 2)), 3), x [2,16,2,2]",
+        [2, 16, 2, 2],
+        &|c, x| softmax(c.forward(x.mean_dim(2)), 3),
+        &|c, x| softmax(c.forward(x.mean_dim(2)), 3),
+        0,
+    );
+    compare(
+        "x * softmax(conv_w(mean_dim(x, 2)), 3), x [2,16,2,2]",
+        [2, 16, 2, 2],
+        &|c, x| x.clone() * softmax(c.forward(x.mean_dim(2)), 3),
+        &|c, x| x.clone() * softmax(c.forward(x.mean_dim(2)), 3),
+        0,
+    );
+    compare(
+        "stage 3: CA through conv_w",
+        [2, 4, 16, 1],
+        &|_, x| gc.forward(x.reshape([2, 4, 16]), 2, 2).reshape([2, 4, 16, 1]),
+        &|_, x| cc.forward(x.reshape([2, 4, 16]), 2, 2).reshape([2, 4, 16, 1]),
+        0,
+    );
+    compare(
+        "stage 3: CA through conv_h",
+        [2, 4, 16, 1],
+        &|_, x| gc.forward(x.reshape([2, 4, 16]), 2, 2).reshape([2, 4, 16, 1]),
+        &|_, x| cc.forward(x.reshape([2, 4, 16]), 2, 2).reshape([2, 4, 16, 1]),
+        1,
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -25,6 +25,16 @@ pub enum Precision {
     Bf16,
 }
 
+/// Where a GPU worker sums its gradients with the other ranks (`train.gradient_sum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradientSum {
+    /// On the device (NCCL) on a GPU; through the host on a CPU worker, whose device it is.
+    Device,
+    /// Through host memory and the TCP ring on every backend: two workers sharing one GPU
+    /// (NCCL refuses two ranks on one device), or a node without NCCL.
+    Host,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSection {
     pub global_batch: usize,
@@ -38,6 +48,7 @@ pub struct TrainSection {
     /// Global-norm clip; 0 disables clipping.
     pub grad_clip: f64,
     pub precision: Precision,
+    pub gradient_sum: GradientSum,
     /// Pretrained backbone weights (official, timm or ours); none means random init.
     pub pretrained: Option<PathBuf>,
     /// Consecutive non-finite steps tolerated before the run stops.
@@ -118,6 +129,10 @@ impl TrainConfig {
             "precision",
             &[("fp32", Precision::Fp32), ("bf16", Precision::Bf16)],
         )?;
+        let gradient_sum = s.choice(
+            "gradient_sum",
+            &[("device", GradientSum::Device), ("host", GradientSum::Host)],
+        )?;
         let train = TrainSection {
             global_batch: s.required("global_batch")?,
             micro_batch: s.required("micro_batch")?,
@@ -129,6 +144,7 @@ impl TrainConfig {
             weight_decay: s.get("weight_decay", 0.0)?,
             grad_clip: s.get("grad_clip", 0.0)?,
             precision: precision.unwrap_or(Precision::Fp32),
+            gradient_sum: gradient_sum.unwrap_or(GradientSum::Device),
             pretrained: s.get("pretrained", None)?,
             max_nonfinite_steps: s.get("max_nonfinite_steps", 5)?,
         };

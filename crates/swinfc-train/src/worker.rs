@@ -1,7 +1,8 @@
 //! Process entry points: a worker of a launched job (identity from the environment, the control
 //! server and the TCP ring), or a lone local process. Both pick the backend at run time: CUDA
 //! when built with it and a GPU is visible, else Flex on the CPU. On CUDA a launched worker sums
-//! its gradients with NCCL on the device, and `train.precision: bf16` computes in bf16 there.
+//! its gradients with NCCL on the device (or through the host with `train.gradient_sum: host`),
+//! and `train.precision: bf16` computes in bf16 there.
 
 use std::time::Duration;
 
@@ -74,22 +75,23 @@ fn on_cuda(
 ) -> Result<RunSummary, TrainError> {
     use burn::backend::Cuda;
 
+    use crate::config::GradientSum;
     use crate::sync::NcclAllReduce;
 
     let device = cuda_device(cfg.train.precision)?;
-    let launched = matches!(link, Link::Launcher(_));
-    let grad_sync = match link.launcher() {
-        Some(control) => GradSync::Device(Box::new(NcclAllReduce {
-            comm: swinfc_comm::nccl::NcclComm::connect(control, 0, COMM_TIMEOUT)?,
-            timeout: COMM_TIMEOUT,
-        })),
-        None => GradSync::Device(Box::new(LocalCollective)),
+    let (grad_sync, gradients) = match (cfg.train.gradient_sum, link.launcher()) {
+        (GradientSum::Host, _) => (GradSync::Host, "host (tcp ring)"),
+        (GradientSum::Device, Some(control)) => {
+            let comm = swinfc_comm::nccl::NcclComm::connect(control, 0, COMM_TIMEOUT)?;
+            let nccl = NcclAllReduce {
+                comm,
+                timeout: COMM_TIMEOUT,
+            };
+            (GradSync::Device(Box::new(nccl)), "nccl")
+        }
+        (GradientSum::Device, None) => (GradSync::Device(Box::new(LocalCollective)), "local"),
     };
-    info!(
-        precision = ?cfg.train.precision,
-        gradients = if launched { "nccl" } else { "local" },
-        "backend: cuda"
-    );
+    info!(precision = ?cfg.train.precision, gradients, "backend: cuda");
     train::<Autodiff<Cuda>>(cfg, resume, comm, link, grad_sync, &device)
 }
 
