@@ -145,6 +145,20 @@ pub fn train_step_cuda(
     train_step::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, grad_sync, &device)
 }
 
+/// The GPU worker's step on Burn's wgpu backend: CubeBackend with fusion, as the CUDA build, on
+/// any Vulkan device (Mesa's software driver on a machine without a GPU); gradients summed on
+/// the device, fp32.
+#[cfg(feature = "wgpu")]
+pub fn train_step_wgpu(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+) -> Result<BenchReport, TrainError> {
+    use burn::backend::{Autodiff, Wgpu};
+    let grad_sync = GradSync::Device(Box::new(LocalCollective));
+    train_step::<Autodiff<Wgpu>>(model_cfg, loss_cfg, settings, grad_sync, &Default::default())
+}
+
 /// A trainer of `model` that profiles its phases.
 fn trainer<B: TrainBackend>(
     model: SwinFc<B>,

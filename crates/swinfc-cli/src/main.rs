@@ -121,8 +121,8 @@ struct TrainStepArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
+    #[arg(long, value_enum, default_value_t = StepBackendArg::Cpu)]
+    backend: StepBackendArg,
     /// As `train.precision`: bf16 (CUDA only) computes on a bf16 copy of the f32 weights.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     precision: PrecisionArg,
@@ -133,8 +133,9 @@ struct ProbeArgs {
     /// `model`, `loss` and `train.micro_batch` are read.
     #[arg(long)]
     config: PathBuf,
-    #[arg(long, value_enum, default_value_t = ProbeBackendArg::Cpu)]
-    backend: ProbeBackendArg,
+    /// The device side (`cpu`: both sides on the CPU, the probe's own check).
+    #[arg(long, value_enum, default_value_t = StepBackendArg::Cpu)]
+    backend: StepBackendArg,
     /// The device side's compute precision (the CPU side is fp32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     precision: PrecisionArg,
@@ -200,9 +201,10 @@ enum BackendArg {
     Cuda,
 }
 
+/// Where a training step runs.
 #[derive(Clone, Copy, ValueEnum)]
-enum ProbeBackendArg {
-    /// Both sides on the CPU: the probe's own check.
+enum StepBackendArg {
+    /// Flex on the CPU.
     Cpu,
     Cuda,
     /// Burn's wgpu backend, in a build with the `wgpu` feature: the GPU code path on Vulkan,
@@ -365,20 +367,25 @@ fn bench_train_step(args: &TrainStepArgs) -> Result<()> {
         },
     };
     let (report, device) = match (args.backend, args.precision) {
-        (BackendArg::Cpu, PrecisionArg::Fp32) => {
+        (StepBackendArg::Cpu, PrecisionArg::Fp32) => {
             if let Some(threads) = args.threads {
                 bench::set_cpu_threads(threads).context("sizing the CPU thread pool")?;
             }
             let device = format!("cpu, {} threads", bench::cpu_threads());
             (bench::train_step_cpu(&model_cfg, &loss_cfg, &settings)?, device)
         }
-        (BackendArg::Cpu, PrecisionArg::Bf16) => {
+        (StepBackendArg::Cpu, PrecisionArg::Bf16) => {
             bail!("--precision bf16 is not supported with --backend cpu: the CPU backend trains in fp32 only")
         }
-        (BackendArg::Cuda, _) => (
+        (StepBackendArg::Cuda, _) => (
             bench_train_step_cuda(&model_cfg, &loss_cfg, &settings)?,
             "cuda:0".into(),
         ),
+        (StepBackendArg::Wgpu, PrecisionArg::Fp32) => (
+            bench_train_step_wgpu(&model_cfg, &loss_cfg, &settings)?,
+            "wgpu".into(),
+        ),
+        (StepBackendArg::Wgpu, PrecisionArg::Bf16) => bail!("--backend wgpu trains in fp32 only"),
     };
     let precision = match args.precision {
         PrecisionArg::Fp32 => "fp32",
@@ -416,17 +423,17 @@ fn bench_probe(args: &ProbeArgs) -> Result<()> {
         },
     };
     let report = match (args.backend, args.precision) {
-        (ProbeBackendArg::Cpu, PrecisionArg::Fp32) => {
+        (StepBackendArg::Cpu, PrecisionArg::Fp32) => {
             bench::probe::probe_cpu(&model_cfg, &loss_cfg, &settings, args.clip)?
         }
-        (ProbeBackendArg::Cpu, PrecisionArg::Bf16) => {
+        (StepBackendArg::Cpu, PrecisionArg::Bf16) => {
             bail!("--precision bf16 is not supported with --backend cpu: the CPU backend trains in fp32 only")
         }
-        (ProbeBackendArg::Cuda, _) => probe_cuda(&model_cfg, &loss_cfg, &settings, args.clip)?,
-        (ProbeBackendArg::Wgpu, PrecisionArg::Fp32) => {
+        (StepBackendArg::Cuda, _) => probe_cuda(&model_cfg, &loss_cfg, &settings, args.clip)?,
+        (StepBackendArg::Wgpu, PrecisionArg::Fp32) => {
             probe_wgpu(&model_cfg, &loss_cfg, &settings, args.clip)?
         }
-        (ProbeBackendArg::Wgpu, PrecisionArg::Bf16) => bail!("--backend wgpu probes fp32 only"),
+        (StepBackendArg::Wgpu, PrecisionArg::Bf16) => bail!("--backend wgpu probes fp32 only"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -442,6 +449,9 @@ fn bench_probe(args: &ProbeArgs) -> Result<()> {
         None => Ok(()),
     }
 }
+
+#[cfg(not(feature = "wgpu"))]
+const WITHOUT_WGPU: &str = "--backend wgpu: this binary was built without the `wgpu` feature (cargo build --features swinfc-cli/wgpu)";
 
 #[cfg(feature = "wgpu")]
 fn probe_wgpu(
@@ -460,9 +470,7 @@ fn probe_wgpu(
     _: &BenchSettings,
     _: f64,
 ) -> Result<bench::probe::ProbeReport> {
-    bail!(
-        "--backend wgpu: this binary was built without the `wgpu` feature (cargo build --features swinfc-cli/wgpu)"
-    )
+    bail!(WITHOUT_WGPU)
 }
 
 #[cfg(feature = "cuda")]
@@ -503,6 +511,20 @@ fn bench_train_step_cuda(
 #[cfg(not(feature = "cuda"))]
 fn bench_train_step_cuda(_: &ModelConfig, _: &LossConfig, _: &BenchSettings) -> Result<bench::BenchReport> {
     bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
+}
+
+#[cfg(feature = "wgpu")]
+fn bench_train_step_wgpu(
+    model_cfg: &ModelConfig,
+    loss_cfg: &LossConfig,
+    settings: &BenchSettings,
+) -> Result<bench::BenchReport> {
+    Ok(bench::train_step_wgpu(model_cfg, loss_cfg, settings)?)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn bench_train_step_wgpu(_: &ModelConfig, _: &LossConfig, _: &BenchSettings) -> Result<bench::BenchReport> {
+    bail!(WITHOUT_WGPU)
 }
 
 fn import_weights(

@@ -74,16 +74,18 @@ impl<B: Backend> CrossSpatialAttention<B> {
 impl<B: FusedOps> CrossSpatialAttention<B> {
     /// x [B, N, D] on an H×W grid → X ⊙ (A_H + A_W) [B, N, D].
     pub fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
+        // A softmax over one cell is the constant 1, with no gradient: on a 1×1 grid (the last
+        // stage of a small input) the attention is X ⊙ 2, said outright and on X as it comes,
+        // because Burn 0.21's CubeBackend (CUDA, wgpu) computed this branch wrongly there: the
+        // forward as X ⊙ (0·conv + 2), and the backward of X ⊙ 2 through the permute and reshapes
+        // below dropped its gradient (tests/wgpu.rs). The convs then have no gradient; the flat
+        // SGD takes a missing gradient as zeros, so weight decay still shrinks them as PyTorch's
+        // zero gradients do.
+        if h == 1 && w == 1 {
+            return x * 2.0;
+        }
         let [b, n, d] = x.dims();
         let x2 = permute(x, [0, 2, 1]).reshape([b, d, h, w]);
-        // A softmax over one cell is the constant 1, with no gradient: on a 1×1 grid (the last
-        // stage of a small input) the attention is X ⊙ 2, said outright, because Burn 0.21's
-        // CubeBackend (CUDA, wgpu) computed this branch wrongly there, also as X ⊙ (0·conv + 2)
-        // (tests/wgpu.rs). The convs then have no gradient; the flat SGD takes a missing gradient
-        // as zeros, so weight decay still shrinks them as PyTorch's zero gradients do.
-        if h == 1 && w == 1 {
-            return (x2 * 2.0).reshape([b, d, n]).swap_dims(1, 2);
-        }
         let a_h = softmax(self.conv_h.forward(x2.clone().mean_dim(3)), 2); // [B, D, H, 1]
         let a_w = softmax(self.conv_w.forward(x2.clone().mean_dim(2)), 3); // [B, D, 1, W]
         (x2 * (a_h + a_w)).reshape([b, d, n]).swap_dims(1, 2)

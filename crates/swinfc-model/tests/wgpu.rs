@@ -479,13 +479,15 @@ fn every_branch_agrees_with_flex() {
 #[test]
 fn cross_spatial_attention_parameter_gradients_agree_with_flex() {
     use burn::nn::conv::Conv2d;
+    /// A function of a conv and its input.
+    type WithConv<'a, B> = &'a dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>;
     let (gpu, cpu) = small_models();
     let (gc, cc) = (&gpu.eaca.s3.ca, &cpu.eaca.s3.ca);
     /// The gradients of Σ f(conv, x)·w with respect to the conv's weight and bias and to x.
     fn grads<B: TrainBackend>(
         conv: &Conv2d<B>,
         shape: [usize; 4],
-        f: &dyn Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>,
+        f: WithConv<B>,
         dev: &B::Device,
     ) -> [Vec<f32>; 3] {
         let x = tensor::<B, 4>(shape, 1, dev).require_grad();
@@ -500,11 +502,7 @@ fn cross_spatial_attention_parameter_gradients_agree_with_flex() {
         ]
     }
     let mut failures = Vec::new();
-    let mut compare = |name: &str,
-                       shape: [usize; 4],
-                       gf: &dyn Fn(&Conv2d<Gpu>, Tensor<Gpu, 4>) -> Tensor<Gpu, 4>,
-                       cf: &dyn Fn(&Conv2d<Cpu>, Tensor<Cpu, 4>) -> Tensor<Cpu, 4>,
-                       conv: usize| {
+    let mut compare = |name: &str, shape: [usize; 4], gf: WithConv<Gpu>, cf: WithConv<Cpu>, conv: usize| {
         let (g_conv, c_conv) = match conv {
             0 => (&gc.conv_w, &cc.conv_w),
             _ => (&gc.conv_h, &cc.conv_h),
@@ -573,4 +571,61 @@ fn cross_spatial_attention_parameter_gradients_agree_with_flex() {
         1,
     );
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The whole small model's parameter gradients (SwinFC loss of one batch), each against Flex's.
+#[test]
+fn whole_model_gradients_agree_with_flex() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Int;
+    use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+    use swinfc_model::{LossConfig, swinfc_loss};
+    /// Each parameter's gradient in visit order, with its PyTorch name.
+    fn grads<B: TrainBackend>(model: &SwinFc<B>, dev: &B::Device) -> Vec<(String, Vec<f32>)> {
+        struct Collect<'a, B: TrainBackend> {
+            grads: &'a <B as burn::tensor::backend::AutodiffBackend>::Gradients,
+            out: Vec<Vec<f32>>,
+        }
+        impl<B: TrainBackend> ModuleVisitor<B> for Collect<'_, B> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let n = param.shape().num_elements();
+                let g = param.val().grad(self.grads).map(|g| host(g.reshape([n])));
+                self.out.push(g.unwrap_or_else(|| vec![0.0; n]));
+            }
+        }
+        let images = tensor::<B, 4>([2, 3, 32, 32], 7, dev);
+        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![1i64, 3], [2]), dev);
+        let parts = swinfc_loss(&model.forward(images, None), labels, &LossConfig::new());
+        let g = parts.total.backward();
+        let mut collect = Collect::<B> {
+            grads: &g,
+            out: Vec::new(),
+        };
+        model.visit(&mut collect);
+        let names = model
+            .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+            .into_iter()
+            .map(|s| s.full_path());
+        names.zip(collect.out).collect()
+    }
+    let (gpu, cpu) = small_models();
+    let got = grads(&gpu, &WgpuDevice::default());
+    let want = grads(&cpu, &FlexDevice);
+    let mut failures = Vec::new();
+    for ((name, g), (_, c)) in got.iter().zip(&want) {
+        // CA's conv biases shift a softmax's input along its axis: their gradient is 0 but for
+        // rounding, hence the absolute floor.
+        let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = max_diff(g, c);
+        if diff > 1e-4 * scale + 1e-6 {
+            eprintln!("{name:<48} {diff:.3e} of {scale:.3e}");
+            failures.push(name.clone());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} parameters: {failures:?}",
+        failures.len(),
+        got.len()
+    );
 }
