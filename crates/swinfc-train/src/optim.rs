@@ -19,11 +19,13 @@ use swinfc_model::{ParamGroup, SwinFc};
 use crate::config::Precision;
 use crate::sync::{CheckError, ELEMENT_TOLERANCE};
 
-/// Where each parameter starts in a flat buffer is a multiple of this many elements. A
-/// CubeBackend `narrow` is a view rather than a copy only where its start and end bytes fall on
-/// the device's memory alignment (512 B on CUDA: burn-cubecl 0.21 `kernel/index/slice.rs`), and
-/// the model's parameters are views of the flat master weights, in f32 (1 KiB here) and in their
-/// bf16 cast (512 B). The gaps hold zeros: they add nothing to a sum, a norm or an update.
+/// Where each parameter starts in a flat buffer is a multiple of this many elements. The model's
+/// parameters are `narrow`s of the flat master weights (f32) or of their bf16 cast, and a
+/// CubeBackend `narrow` is a view rather than a copy where its start and its end fall on the
+/// device's memory alignment (512 B on CUDA: burn-cubecl 0.21 `kernel/index/slice.rs`): 256
+/// elements are 1 KiB in f32 and 512 B in bf16, so every parameter whose size is a multiple of
+/// 128 (256 in bf16) is a view, and the others are one small copy each. The gaps hold zeros:
+/// they add nothing to a sum, a norm or an update.
 pub const ALIGN: usize = 256;
 
 /// One parameter in flat order.
@@ -69,17 +71,16 @@ impl FlatLayout {
         Self { slots, len: offset }
     }
 
-    /// One tensor per slot, in slot order, concatenated with zeros in the gaps: [len].
+    /// One tensor per slot, in slot order, written into a buffer of zeros: [len]. One fill and
+    /// one copy per slot, as a `cat` of the parts alone would be (burn-cubecl's `cat` is a
+    /// `slice_assign` per part; Flex writes the buffer in place, being its only owner).
     fn concat<B: Backend>(&self, parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
-        let mut padded = Vec::with_capacity(2 * parts.len());
-        for (i, part) in parts.into_iter().enumerate() {
-            let end = self.slots[i].offset + self.slots[i].numel;
-            let next = self.slots.get(i + 1).map_or(self.len, |s| s.offset);
-            let zeros = (next > end).then(|| Tensor::zeros([next - end], (&part.device(), part.dtype())));
-            padded.push(part);
-            padded.extend(zeros);
-        }
-        Tensor::cat(padded, 0)
+        let first = parts.first().expect("a model has parameters");
+        let zeros = Tensor::zeros([self.len], (&first.device(), first.dtype()));
+        self.slots.iter().zip(parts).fold(zeros, |flat, (slot, part)| {
+            let range = slot.offset..slot.offset + slot.numel;
+            flat.slice_assign([range], part)
+        })
     }
 
     /// `model` with each parameter replaced by its slot of `flat` ([len]), a view.
