@@ -15,7 +15,8 @@
 #      allows two ranks on one GPU, else one. Two workers on the GPU summing through the TCP ring
 #      (`train.gradient_sum: host`) end with the weights of one worker with grad_accum 2 (1e-4).
 #   3. Only if this swinfc has `bench train-step`: our Swin-B@384 micro-batch-8 training step,
-#      fp32 and bf16, and PyTorch's (bench/torch/train_step.py) on the same GPU.
+#      fp32 and bf16, and PyTorch's (bench/torch/train_step.py) on the same GPU; then the kernels
+#      per step of the tiny bench config (cubecl's kernel log).
 #
 # Usage, from anywhere:
 #   tests/gpu/gpu-check.sh [MB]
@@ -346,5 +347,24 @@ if "$swinfc" bench train-step --help >/dev/null 2>&1 && [ -e bench/configs/swin-
 else
   echo "skipped: this swinfc has no 'bench train-step' (or bench/configs/swin-b-384.yaml is missing)"
 fi
+
+# Kernels per step, from cubecl's kernel log (docs/benchmarks.md): the log's lines after 3 timed
+# steps minus after 1, halved. The tiny bench config, so that it costs seconds.
+kernels_per_step() { # $1 precision
+  local counts=() steps
+  for steps in 1 3; do
+    rm -f "$work/kernels.log"
+    (cd "$work" && printf '[profiling.logger]\nlevel = "minimal"\nfile = "%s"\n' "$work/kernels.log" >cubecl.toml &&
+      timeout 120 "$swinfc" bench train-step --backend cuda --precision "$1" --config "$root/bench/configs/tiny.yaml" \
+        --steps $steps --warmup 1 >/dev/null 2>&1)
+    sleep 1 # the log is written by a background task
+    counts+=("$(grep -c Executing "$work/kernels.log" 2>/dev/null || echo 0)")
+  done
+  rm -f "$work/cubecl.toml"
+  echo $(((counts[1] - counts[0]) / 2))
+}
+for precision in fp32 bf16; do
+  echo "== 3. kernels per training step, tiny config, cuda $precision: $(kernels_per_step $precision)"
+done
 
 summary
