@@ -15,8 +15,9 @@
 #      allows two ranks on one GPU, else one. Two workers on the GPU summing through the TCP ring
 #      (`train.gradient_sum: host`) end with the weights of one worker with grad_accum 2 (1e-4).
 #   3. Only if this swinfc has `bench train-step`: our Swin-B@384 micro-batch-8 training step,
-#      fp32 and bf16, and PyTorch's (bench/torch/train_step.py) on the same GPU; then the kernels
-#      per step of the tiny bench config (cubecl's kernel log).
+#      fp32 and bf16, and PyTorch's (bench/torch/train_step.py) on the same GPU, each with its
+#      phases, its threads' CPU time, and the GPU's peak memory and mean utilisation (nvidia-smi
+#      every 20 ms); then the kernels per step of the tiny bench config (cubecl's kernel log).
 #
 # Usage, from anywhere:
 #   tests/gpu/gpu-check.sh [MB]
@@ -315,9 +316,28 @@ else
 fi
 
 # --- 3. The training-step benchmark, ours and PyTorch's, where this build has it.
+# Runs a command while nvidia-smi samples the GPU every 20 ms, then prints the peak memory in use
+# and the mean utilisation over the run (of the whole GPU: nothing else runs on it).
+sampled() { # $1 label; then the command
+  local label=$1 samples="$work/smi.csv" sampler="" rc
+  shift
+  : >"$samples"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 20 >"$samples" 2>/dev/null &
+    sampler=$!
+  fi
+  "$@"
+  rc=$?
+  if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null; fi
+  awk -F', *' -v label="$label" '$2 ~ /^[0-9]+$/ { n++; u += $1; if ($2 > m) m = $2 }
+    END { if (n) printf "%s: peak GPU memory %d MiB, mean utilisation %.0f %% (%d samples)\n", label, m, u / n, n
+          else printf "%s: no GPU samples (no nvidia-smi)\n", label }' "$samples"
+  return $rc
+}
+
 if [ "$backend" = cpu ]; then
   echo "== 3. training step, tiny config, cpu (the stand-in's bench)"
-  if timeout 120 "$swinfc" bench train-step --config bench/configs/tiny.yaml --steps 2 --warmup 1; then
+  if sampled "swinfc cpu" timeout 120 "$swinfc" bench train-step --config bench/configs/tiny.yaml --steps 2 --warmup 1; then
     pass "bench swinfc cpu"
   else
     fail "bench swinfc cpu"
@@ -328,7 +348,7 @@ echo "== 3. Swin-B@384 training step, micro-batch 8"
 if "$swinfc" bench train-step --help >/dev/null 2>&1 && [ -e bench/configs/swin-b-384.yaml ]; then
   for precision in fp32 bf16; do
     echo "-- swinfc, $precision"
-    if timeout 150 "$swinfc" bench train-step --backend cuda --precision "$precision" \
+    if sampled "swinfc $precision" timeout 150 "$swinfc" bench train-step --backend cuda --precision "$precision" \
       --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
       pass "bench swinfc $precision"
     else
@@ -337,7 +357,7 @@ if "$swinfc" bench train-step --help >/dev/null 2>&1 && [ -e bench/configs/swin-
   done
   for precision in fp32 bf16; do
     echo "-- PyTorch, $precision"
-    if timeout 120 python3 bench/torch/train_step.py --device cuda --precision "$precision" \
+    if sampled "torch $precision" timeout 120 python3 bench/torch/train_step.py --device cuda --precision "$precision" \
       --config bench/configs/swin-b-384.yaml --steps "$bench_steps"; then
       pass "bench torch $precision"
     else

@@ -10,6 +10,7 @@
 //! the step it times — it calls swinfc-train's, so a bench measures exactly what training runs.
 
 pub mod probe;
+pub mod threads;
 
 use std::time::Instant;
 
@@ -30,6 +31,8 @@ use swinfc_train::config::{GradientSum, Precision, TrainSection};
 use swinfc_train::optim::Sgd;
 use swinfc_train::step::{StepConfig, Trainer};
 use swinfc_train::sync::GradSync;
+
+use crate::threads::{Snapshot, ThreadCpu};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -63,6 +66,8 @@ pub struct BenchReport {
     /// Total loss and gradient norm of the last step: finite values show the step did real work.
     pub last_loss: f32,
     pub last_grad_norm: f64,
+    /// CPU time per timed step of each thread that had some, busiest first (Linux only).
+    pub thread_cpu_per_step: Vec<ThreadCpu>,
 }
 
 /// The parts of a run config a benchmark reads: `model:`, `loss:` and `train.micro_batch` (a
@@ -77,10 +82,23 @@ pub fn config_from_yaml(doc: &Value) -> Result<(ModelConfig, LossConfig, usize),
 
 impl BenchReport {
     /// The human-readable table; bench/torch/train_step.py prints the same rows (without the
-    /// data and other phases).
+    /// data and other phases, and the threads).
     pub fn table(&self) -> String {
         let p = &self.phases_median;
-        format!(
+        // The busiest few by name; a CPU backend's pool is many threads of one name.
+        let shown = 4;
+        let mut threads: Vec<String> = self
+            .thread_cpu_per_step
+            .iter()
+            .take(shown)
+            .map(|t| format!("{} {:.4}", t.name, t.seconds))
+            .collect();
+        let rest = &self.thread_cpu_per_step[shown.min(self.thread_cpu_per_step.len())..];
+        if !rest.is_empty() {
+            let seconds: f64 = rest.iter().map(|t| t.seconds).sum();
+            threads.push(format!("{} others {seconds:.4}", rest.len()));
+        }
+        let table = format!(
             "micro-batch {} at {}x{}, {:.2} M parameters, {} timed steps after {} warm-up\n\
              step seconds  median {:.4}  p10 {:.4}  p90 {:.4}  min {:.4}  max {:.4}\n\
              images/s      {:.2}\n\
@@ -104,7 +122,8 @@ impl BenchReport {
             p.grad_sync,
             p.optimizer,
             p.other,
-        )
+        );
+        format!("{table}CPU s per step by thread  {}\n", threads.join("  "))
     }
 }
 
@@ -225,7 +244,11 @@ fn time_steps<B: TrainBackend>(
 ) -> Result<BenchReport, TrainError> {
     let mut timed = Vec::with_capacity(settings.steps);
     let mut last = None;
+    let mut threads = None;
     for step in 0..settings.warmup + settings.steps {
+        if step == settings.warmup {
+            threads = Some(Snapshot::take());
+        }
         let outcome = trainer.train_step(
             std::iter::once(Ok(batch.clone())),
             step as u64,
@@ -249,7 +272,7 @@ fn time_steps<B: TrainBackend>(
     Ok(BenchReport {
         micro_batch: settings.micro_batch,
         image_size: batch.shape[2],
-        parameters: trainer.sgd().layout().len,
+        parameters: trainer.sgd().layout().parameters(),
         steps: settings.steps,
         warmup: settings.warmup,
         step_seconds_median: step_median,
@@ -268,6 +291,15 @@ fn time_steps<B: TrainBackend>(
         },
         last_loss: last.as_ref().map_or(f32::NAN, |o| o.losses.total),
         last_grad_norm: last.as_ref().map_or(f64::NAN, |o| o.grad_norm),
+        thread_cpu_per_step: threads
+            .map(|t| t.since())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| ThreadCpu {
+                seconds: t.seconds / settings.steps as f64,
+                ..t
+            })
+            .collect(),
     })
 }
 
@@ -367,6 +399,8 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 pub fn set_cpu_threads(threads: usize) -> Result<(), rayon::ThreadPoolBuildError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        // Named, so that the report's CPU time by thread tells the pool from the main thread.
+        .thread_name(|i| format!("rayon-{i}"))
         .build_global()
 }
 

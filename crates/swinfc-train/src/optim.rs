@@ -71,6 +71,11 @@ impl FlatLayout {
         Self { slots, len: offset }
     }
 
+    /// The number of parameter values (the gaps not counted).
+    pub fn parameters(&self) -> usize {
+        self.slots.iter().map(|s| s.numel).sum()
+    }
+
     /// One tensor per slot, in slot order, written into a buffer of zeros: [len]. One fill and
     /// one copy per slot, as a `cat` of the parts alone would be (burn-cubecl's `cat` is a
     /// `slice_assign` per part; Flex writes the buffer in place, being its only owner).
