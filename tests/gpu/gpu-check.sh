@@ -4,7 +4,8 @@
 # nvidia-cuda-nvrtc). Each part runs even when an earlier one failed; the summary at the end
 # lists what passed, and the exit status is 1 if anything failed.
 #   0. `swinfc bench probe`: one step on the device and on the CPU from the same weights and batch,
-#      compared stage by stage (fp32, bf16); passes when no stage parts from the CPU.
+#      compared stage by stage (fp32, bf16); passes when no stage parts from the CPU. When fp32
+#      parts, again without Burn's fusion, to say whether fusion is at fault.
 #   1. NCCL on Burn CUDA tensors (example nccl-check): world size 1, then 2 ranks on one GPU
 #      (NCCL_MULTI_RANK_GPU_ENABLE=1, where this NCCL allows it); correctness and bus bandwidth.
 #   2. The first step's gradient norm on CUDA and on the CPU from the same weights and data (1e-4
@@ -140,6 +141,15 @@ for precision in "${precisions[@]}"; do
     pass "probe $precision: no stage parts from the CPU"
   else
     fail "probe $precision: see the first stage that parts above"
+    # Without Burn's fusion (every operation its own kernel): agreeing there points at fusion.
+    if [ "$precision" = fp32 ] && [ "$backend" = cuda ]; then
+      echo "-- probe fp32 again, without fusion"
+      if timeout 120 "$swinfc" bench probe --backend cuda --no-fusion --config "$work/probe.yaml"; then
+        echo "probe fp32 without fusion: no stage parts (the fault is in fusion)"
+      else
+        echo "probe fp32 without fusion: parts too (the fault is not fusion's alone)"
+      fi
+    fi
   fi
 done
 

@@ -277,7 +277,7 @@ pub fn probe<D: TrainBackend>(
         backend: backend.to_string(),
         precision: format!("{:?}", settings.precision).to_lowercase(),
         parameters: layout.slots.len(),
-        elements: layout.len,
+        elements: layout.parameters(),
         stages,
     })
 }
@@ -529,36 +529,56 @@ pub fn probe_cpu(
 }
 
 /// Burn's wgpu backend (CubeBackend, as CUDA) against the CPU: the GPU code path on a machine
-/// without a GPU (Mesa's lavapipe). fp32 only.
+/// without a GPU (Mesa's lavapipe). fp32 only. `fusion`: through Burn's fusion, as training
+/// runs, or every operation its own kernel.
 #[cfg(feature = "wgpu")]
 pub fn probe_wgpu(
     model_cfg: &ModelConfig,
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
     max_norm: f64,
+    fusion: bool,
 ) -> Result<ProbeReport, TrainError> {
     use burn::backend::{Wgpu, wgpu::WgpuDevice};
-    probe::<Autodiff<Wgpu>>(
-        model_cfg,
-        loss_cfg,
-        settings,
-        max_norm,
-        "wgpu",
-        &WgpuDevice::default(),
-    )
+    use swinfc_model::backend::WgpuUnfused;
+    let device = WgpuDevice::default();
+    match fusion {
+        true => probe::<Autodiff<Wgpu>>(model_cfg, loss_cfg, settings, max_norm, "wgpu", &device),
+        false => probe::<Autodiff<WgpuUnfused>>(
+            model_cfg,
+            loss_cfg,
+            settings,
+            max_norm,
+            "wgpu, no fusion",
+            &device,
+        ),
+    }
 }
 
-/// GPU 0 against the CPU, set up for `settings.precision` as a worker is.
+/// GPU 0 against the CPU, set up for `settings.precision` as a worker is; without `fusion`,
+/// every operation is its own kernel (fp32 only).
 #[cfg(feature = "cuda")]
 pub fn probe_cuda(
     model_cfg: &ModelConfig,
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
     max_norm: f64,
+    fusion: bool,
 ) -> Result<ProbeReport, TrainError> {
     use burn::backend::Cuda;
+    use swinfc_model::backend::CudaUnfused;
     let device = swinfc_train::worker::cuda_device(settings.precision)?;
-    probe::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, max_norm, "cuda:0", &device)
+    match fusion {
+        true => probe::<Autodiff<Cuda>>(model_cfg, loss_cfg, settings, max_norm, "cuda:0", &device),
+        false => probe::<Autodiff<CudaUnfused>>(
+            model_cfg,
+            loss_cfg,
+            settings,
+            max_norm,
+            "cuda:0, no fusion",
+            &device,
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use swinfc_bench::probe::probe_wgpu;
 use swinfc_model::{LossConfig, ModelConfig};
 use swinfc_train::config::Precision;
 
+/// With Burn's fusion (as training runs) and without it.
 #[test]
 fn a_training_step_on_wgpu_agrees_with_the_cpu_at_every_stage() {
     let cfg = ModelConfig {
@@ -31,7 +32,9 @@ fn a_training_step_on_wgpu_agrees_with_the_cpu_at_every_stage() {
         seed: 0,
         precision: Precision::Fp32,
     };
-    let report = probe_wgpu(&cfg, &LossConfig::new(), &settings, 1.0).expect("the probe runs");
-    eprint!("{}", report.table());
-    assert!(report.first_parting().is_none(), "{}", report.table());
+    for fusion in [true, false] {
+        let report = probe_wgpu(&cfg, &LossConfig::new(), &settings, 1.0, fusion).expect("the probe runs");
+        eprint!("{}", report.table());
+        assert!(report.first_parting().is_none(), "{}", report.table());
+    }
 }

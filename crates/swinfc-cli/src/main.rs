@@ -142,6 +142,10 @@ struct ProbeArgs {
     /// The clip norm of the sync stage.
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
+    /// The device side on CubeBackend without Burn's fusion (every operation its own kernel;
+    /// fp32): a device that parts with fusion and not without points at fusion.
+    #[arg(long)]
+    no_fusion: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -422,6 +426,10 @@ fn bench_probe(args: &ProbeArgs) -> Result<()> {
             PrecisionArg::Bf16 => Precision::Bf16,
         },
     };
+    let fusion = !args.no_fusion;
+    if args.no_fusion && !matches!(args.precision, PrecisionArg::Fp32) {
+        bail!("--no-fusion probes fp32 only");
+    }
     let report = match (args.backend, args.precision) {
         (StepBackendArg::Cpu, PrecisionArg::Fp32) => {
             bench::probe::probe_cpu(&model_cfg, &loss_cfg, &settings, args.clip)?
@@ -429,9 +437,9 @@ fn bench_probe(args: &ProbeArgs) -> Result<()> {
         (StepBackendArg::Cpu, PrecisionArg::Bf16) => {
             bail!("--precision bf16 is not supported with --backend cpu: the CPU backend trains in fp32 only")
         }
-        (StepBackendArg::Cuda, _) => probe_cuda(&model_cfg, &loss_cfg, &settings, args.clip)?,
+        (StepBackendArg::Cuda, _) => probe_cuda(&model_cfg, &loss_cfg, &settings, args.clip, fusion)?,
         (StepBackendArg::Wgpu, PrecisionArg::Fp32) => {
-            probe_wgpu(&model_cfg, &loss_cfg, &settings, args.clip)?
+            probe_wgpu(&model_cfg, &loss_cfg, &settings, args.clip, fusion)?
         }
         (StepBackendArg::Wgpu, PrecisionArg::Bf16) => bail!("--backend wgpu probes fp32 only"),
     };
@@ -459,8 +467,11 @@ fn probe_wgpu(
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
     clip: f64,
+    fusion: bool,
 ) -> Result<bench::probe::ProbeReport> {
-    Ok(bench::probe::probe_wgpu(model_cfg, loss_cfg, settings, clip)?)
+    Ok(bench::probe::probe_wgpu(
+        model_cfg, loss_cfg, settings, clip, fusion,
+    )?)
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -469,6 +480,7 @@ fn probe_wgpu(
     _: &LossConfig,
     _: &BenchSettings,
     _: f64,
+    _: bool,
 ) -> Result<bench::probe::ProbeReport> {
     bail!(WITHOUT_WGPU)
 }
@@ -479,11 +491,14 @@ fn probe_cuda(
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
     clip: f64,
+    fusion: bool,
 ) -> Result<bench::probe::ProbeReport> {
     if swinfc_model::backend::cuda_device_count() == 0 {
         bail!("--backend cuda: no CUDA device is visible (is libcuda installed and a GPU present?)");
     }
-    Ok(bench::probe::probe_cuda(model_cfg, loss_cfg, settings, clip)?)
+    Ok(bench::probe::probe_cuda(
+        model_cfg, loss_cfg, settings, clip, fusion,
+    )?)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -492,6 +507,7 @@ fn probe_cuda(
     _: &LossConfig,
     _: &BenchSettings,
     _: f64,
+    _: bool,
 ) -> Result<bench::probe::ProbeReport> {
     bail!("--backend cuda: this binary was built without the `cuda` feature (cargo build --features cuda)")
 }

@@ -104,6 +104,12 @@ impl FusedKernels for burn::backend::Cuda {}
 #[cfg(feature = "wgpu")]
 impl FusedKernels for burn::backend::Wgpu {}
 
+/// The GPU backends without fusion (the probe's fusion-off side): the same decomposed kernels.
+#[cfg(feature = "cuda")]
+impl FusedKernels for crate::backend::CudaUnfused {}
+#[cfg(feature = "wgpu")]
+impl FusedKernels for crate::backend::WgpuUnfused {}
+
 /// The fused ops as the model calls them, on primitives of any rank (see the module functions).
 pub trait FusedOps: Backend {
     fn fused_layer_norm(
