@@ -374,3 +374,39 @@ pub fn learning_rate(step: u64, base: f64, warmup: u64, total: u64) -> f64 {
     let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
     0.5 * base * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: StepSettings = StepSettings {
+        lr_backbone: 0.1,
+        lr_new: 0.5,
+        momentum: 0.9,
+        weight_decay: 0.01,
+    };
+
+    /// The host's check accepts the update computed as `Sgd::update` does, and names the
+    /// parameter and the element when one value is off by 1e-4.
+    #[test]
+    fn a_wrong_update_is_caught_naming_the_parameter() {
+        let (p, v, g) = ([1.0f32, -2.0, 0.5], [0.1f32, 0.2, -0.3], [0.3f32, -0.1, 0.0]);
+        let lr = SETTINGS.lr_new;
+        let v_new: Vec<f32> = (0..3).map(|i| 0.9 * v[i] + (g[i] + 0.01 * p[i])).collect();
+        let p_new: Vec<f32> = (0..3).map(|i| p[i] - lr as f32 * v_new[i]).collect();
+        assert!(check_update("x", [&p, &v, &g, &p_new, &v_new], lr, SETTINGS).is_none());
+        let (mut p_off, mut v_off) = (p_new.clone(), v_new.clone());
+        p_off[2] += 1e-4;
+        v_off[2] += 1e-4;
+        for (p_got, v_got) in [(&p_off, &v_new), (&p_new, &v_off)] {
+            let values = [&p[..], &v, &g, p_got, v_got];
+            let e =
+                check_update("eaca.s2.ca.conv_w.weight", values, lr, SETTINGS).expect("the check catches it");
+            assert_eq!(
+                (e.stage, e.parameter.as_str()),
+                ("SGD update", "eaca.s2.ca.conv_w.weight")
+            );
+            assert!(e.detail.starts_with("element 2:"), "{e}");
+        }
+    }
+}
