@@ -18,6 +18,7 @@ use swinfc_model::{LossConfig, ModelConfig, SwinFc, TrainBackend, swinfc_loss};
 use swinfc_train::TrainError;
 use swinfc_train::config::Precision;
 use swinfc_train::optim::{FlatLayout, Sgd, StepSettings, flatten_grads};
+use swinfc_train::step::loss_terms;
 use swinfc_train::sync::GradSync;
 
 use swinfc_data::Batch;
@@ -322,12 +323,7 @@ fn side<B: TrainBackend>(
         .flat_map(|l| host(l.clone().inner().flatten(0, 1)))
         .collect();
     let parts = swinfc_loss(&output, labels, loss_cfg);
-    let [s2, s3, s4] = &parts.stage_ce;
-    let losses = [&parts.total, &parts.backbone_ce, s2, s3, s4, &parts.contrastive]
-        .iter()
-        .map(|t| host((*t).clone().inner().reshape([1])))
-        .flat_map(|v| v.into_iter())
-        .collect();
+    let losses = host(loss_terms(&parts));
     let grads = GradientsParams::from_grads(parts.total.backward(), compute);
     let mut param_grads = Vec::new();
     compute.visit(&mut ReadGrads::<B> {

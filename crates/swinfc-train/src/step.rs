@@ -118,8 +118,8 @@ impl Losses {
     }
 }
 
-/// The loss terms of one micro-batch as one f32 tensor, in the order of [`Losses::from_terms`].
-fn loss_terms<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBackend, 1> {
+/// The loss terms of one micro-batch as one f32 tensor [6], in the order of [`Losses`]' fields.
+pub fn loss_terms<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBackend, 1> {
     let [s2, s3, s4] = &parts.stage_ce;
     let terms = [&parts.total, &parts.backbone_ce, s2, s3, s4, &parts.contrastive];
     // f32 whatever the compute precision: the sum over micro-batches is taken in f32.
