@@ -178,8 +178,8 @@ pub fn train_step_wgpu(
     train_step::<Autodiff<Wgpu>>(model_cfg, loss_cfg, settings, grad_sync, &Default::default())
 }
 
-/// A trainer of `model` that profiles its phases.
-fn trainer<B: TrainBackend>(
+/// A trainer of `model` that profiles its phases, with the paper's optimiser settings.
+pub fn trainer<B: TrainBackend>(
     model: SwinFc<B>,
     loss_cfg: &LossConfig,
     settings: &BenchSettings,
@@ -218,7 +218,7 @@ fn trainer<B: TrainBackend>(
 /// One micro-batch of images uniform in [-1, 1) (keyed by `settings.seed`; the values do not
 /// change the work done). Labels repeat over a few classes so the contrastive loss has positive
 /// pairs, as real batches do.
-fn random_batch(model_cfg: &ModelConfig, settings: &BenchSettings) -> Batch {
+pub fn random_batch(model_cfg: &ModelConfig, settings: &BenchSettings) -> Batch {
     let (b, size) = (settings.micro_batch, model_cfg.img_size);
     let shape = [b, 3, size, size];
     let images = (0..shape.iter().product::<usize>() as u64)
