@@ -14,7 +14,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use swinfc_model::weights::{StateDict, WeightsError, load_state_dict, state_dict};
-use swinfc_model::{ParamGroup, SwinFc};
+use swinfc_model::{FusedKernels, ParamGroup, SwinFc, TrainBackend};
 
 use crate::config::Precision;
 use crate::sync::{CheckError, ELEMENT_TOLERANCE};
@@ -77,15 +77,12 @@ impl FlatLayout {
     }
 
     /// One tensor per slot, in slot order, written into a buffer of zeros: [len]. One fill and
-    /// one copy per slot, as a `cat` of the parts alone would be (burn-cubecl's `cat` is a
-    /// `slice_assign` per part; Flex writes the buffer in place, being its only owner).
-    fn concat<B: Backend>(&self, parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+    /// one copy per slot on a GPU (a `cat` with the gaps as parts would add a fill per gap).
+    fn concat<B: FusedKernels>(&self, parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
         let first = parts.first().expect("a model has parameters");
-        let zeros = Tensor::zeros([self.len], (&first.device(), first.dtype()));
-        self.slots.iter().zip(parts).fold(zeros, |flat, (slot, part)| {
-            let range = slot.offset..slot.offset + slot.numel;
-            flat.slice_assign([range], part)
-        })
+        let (device, dtype) = (first.device(), first.dtype());
+        let parts = self.slots.iter().map(|s| s.offset).zip(parts).collect();
+        B::write_flat(self.len, parts, &device, dtype)
     }
 
     /// `model` with each parameter replaced by its slot of `flat` ([len]), a view.
@@ -109,7 +106,7 @@ impl FlatLayout {
 
 /// Concatenates the gradients in `layout` (zeros for a parameter without one): [len], in f32
 /// whatever the model computes in, because the sum over ranks and the update are done in f32.
-pub fn flatten_grads<B: AutodiffBackend>(
+pub fn flatten_grads<B: TrainBackend>(
     model: &SwinFc<B>,
     grads: &GradientsParams,
     layout: &FlatLayout,
@@ -167,7 +164,7 @@ pub struct Sgd<B: AutodiffBackend> {
     new_group: Tensor<B::InnerBackend, 1, Bool>,
 }
 
-impl<B: AutodiffBackend> Sgd<B> {
+impl<B: TrainBackend> Sgd<B> {
     /// Zero momentum; the master weights are `model`'s, in f32.
     pub fn new(model: &SwinFc<B>) -> Self {
         let layout = FlatLayout::of(model);
@@ -291,7 +288,7 @@ impl<B: AutodiffBackend> Sgd<B> {
 }
 
 /// A module's parameter values as one flat f32 buffer in `layout`.
-fn flat_values<B: Backend>(module: SwinFc<B>, layout: &FlatLayout) -> Tensor<B, 1> {
+fn flat_values<B: FusedKernels>(module: SwinFc<B>, layout: &FlatLayout) -> Tensor<B, 1> {
     let mut parts = Vec::new();
     module.visit(&mut CollectValues { out: &mut parts });
     layout.concat(parts).cast(FloatDType::F32)

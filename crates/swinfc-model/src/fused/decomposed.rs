@@ -2,7 +2,7 @@
 //! its own kernels (CUDA, wgpu; with fusion, the element-wise chains become few kernels), and the
 //! reference the Flex kernels are tested against.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn::tensor::backend::Backend;
 
 /// x [rows, C] → [y, x̂, rstd [rows, 1]].
@@ -92,4 +92,17 @@ pub fn gelu_exact_backward<B: Backend>(x: Tensor<B, 1>, g: Tensor<B, 1>) -> Tens
     const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
     let pdf = x.clone().square().mul_scalar(-0.5).exp().mul_scalar(INV_SQRT_2PI);
     g * (normal_cdf(x.clone()) + x * pdf)
+}
+
+pub fn write_flat<B: Backend>(
+    len: usize,
+    parts: Vec<(usize, Tensor<B, 1>)>,
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, 1> {
+    let zeros = Tensor::zeros([len], (device, dtype));
+    parts.into_iter().fold(zeros, |flat, (offset, part)| {
+        let end = offset + part.dims()[0];
+        flat.slice_assign([offset..end], part)
+    })
 }

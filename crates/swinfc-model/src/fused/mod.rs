@@ -21,7 +21,7 @@ mod math;
 use burn::nn::LayerNorm;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 
 /// Epsilon of every LayerNorm of the model (timm's default; `swin::layer_norm` builds them with it).
 pub const LAYER_NORM_EPS: f64 = 1e-5;
@@ -84,6 +84,18 @@ pub trait FusedKernels: Backend {
     /// inside the reshape, element by element on one thread). Other backends keep Burn's view.
     fn permute_contiguous(x: FloatTensor<Self>, axes: &[usize]) -> FloatTensor<Self> {
         Self::float_permute(x, axes)
+    }
+
+    /// A [len] buffer of `dtype` zeros with each `(offset, part [n])` written from `offset` on
+    /// (parts not overlapping): the optimizer's flat buffers. One fill and one `slice_assign`
+    /// per part, each in place on CubeBackend, where the buffer has one owner.
+    fn write_flat(
+        len: usize,
+        parts: Vec<(usize, Tensor<Self, 1>)>,
+        device: &Self::Device,
+        dtype: DType,
+    ) -> Tensor<Self, 1> {
+        decomposed::write_flat(len, parts, device, dtype)
     }
 
     /// g·(Φ(x) + x·φ(x)): the exact derivative (CubeBackend's own `gelu_backward` is the tanh
