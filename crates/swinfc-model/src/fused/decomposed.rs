@@ -2,8 +2,8 @@
 //! its own kernels (CUDA, wgpu; with fusion, the element-wise chains become few kernels), and the
 //! reference the Flex kernels are tested against.
 
-use burn::tensor::{DType, Tensor};
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 
 /// x [rows, C] → [y, x̂, rstd [rows, 1]].
 pub fn layer_norm_forward<B: Backend>(
@@ -102,7 +102,7 @@ pub fn write_flat<B: Backend>(
 ) -> Tensor<B, 1> {
     let zeros = Tensor::zeros([len], (device, dtype));
     parts.into_iter().fold(zeros, |flat, (offset, part)| {
-        let end = offset + part.dims()[0];
-        flat.slice_assign([offset..end], part)
+        let range = offset..offset + part.dims()[0];
+        flat.slice_assign([range], part)
     })
 }

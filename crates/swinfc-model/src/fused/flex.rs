@@ -463,6 +463,11 @@ mod tests {
             let part = part.into_data().to_vec::<f32>().unwrap();
             assert_eq!(values[offset..offset + part.len()], part[..]);
         }
-        assert!([21..24, 39..48, 57..64].into_iter().flatten().all(|i| values[i] == 0.0));
+        assert!(
+            [21..24, 39..48, 57..64]
+                .into_iter()
+                .flatten()
+                .all(|i| values[i] == 0.0)
+        );
     }
 }
