@@ -42,10 +42,10 @@ impl<B: Backend> ExternalAttention<B> {
 impl<B: FusedOps> ExternalAttention<B> {
     /// x [B, N, D] → X̃ [B, N, D] (the residual is added by [`Eaca`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let a = self.mk.forward(x.swap_dims(1, 2)); // [B, M, N]
+        let a = self.mk.forward(permute(x, [0, 2, 1])); // [B, M, N]
         let a = softmax(a, 2);
         let a = a.clone() / (a.sum_dim(1) + 1e-9); // L1 over the memory units
-        self.mv.forward(a).swap_dims(1, 2) // [B, N, D]
+        permute(self.mv.forward(a), [0, 2, 1]) // [B, N, D]
     }
 }
 
@@ -88,7 +88,7 @@ impl<B: FusedOps> CrossSpatialAttention<B> {
         let x2 = permute(x, [0, 2, 1]).reshape([b, d, h, w]);
         let a_h = softmax(self.conv_h.forward(x2.clone().mean_dim(3)), 2); // [B, D, H, 1]
         let a_w = softmax(self.conv_w.forward(x2.clone().mean_dim(2)), 3); // [B, D, 1, W]
-        (x2 * (a_h + a_w)).reshape([b, d, n]).swap_dims(1, 2)
+        permute((x2 * (a_h + a_w)).reshape([b, d, n]), [0, 2, 1])
     }
 }
 

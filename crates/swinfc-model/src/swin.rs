@@ -14,20 +14,29 @@ use crate::fused::{FusedOps, LAYER_NORM_EPS, gelu, layer_norm as norm, permute, 
 /// The mask value timm adds between tokens of different shifted regions.
 const MASKED: f32 = -100.0;
 
-/// timm's `_init_weights`: weights N(0, 0.02) (its truncation at ±2 never bites at that std),
-/// biases zero.
-/// `linear` applied to `x` [..., d_in] as one 2-D matmul over the flattened leading dimensions.
-/// The same arithmetic as `Linear::forward`'s batched form, which Burn 0.21's CubeBackend with
-/// fusion (CUDA, wgpu) got wrong when a leading dimension is 1 and `x` is a lazily fused
-/// element-wise result: a one-token stage's MLP was off by O(1) (tests/wgpu.rs).
+/// `linear` applied to `x` [..., d_in]: see [`affine`].
 pub(crate) fn apply<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    affine(x, linear.weight.val(), linear.bias.as_ref().map(|b| b.val()))
+}
+
+/// x [..., d_in] · weight [d_in, d_out] + bias as one 2-D matmul over the flattened leading
+/// dimensions. The same arithmetic as `Linear::forward`'s batched form, which Burn 0.21's
+/// CubeBackend with fusion (CUDA, wgpu) got wrong when a leading dimension is 1 and `x` is a
+/// lazily fused element-wise result: a one-token stage's MLP was off by O(1) (tests/wgpu.rs).
+pub(crate) fn affine<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
-    let y = linear.forward(x.reshape([rows, dims[D - 1]]));
+    let y = burn::tensor::module::linear(x.reshape([rows, dims[D - 1]]), weight, bias);
     dims[D - 1] = y.dims()[1];
     y.reshape(dims)
 }
 
+/// timm's `_init_weights`: weights N(0, 0.02) (its truncation at ±2 never bites at that std),
+/// biases zero.
 pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, dev: &B::Device) -> Linear<B> {
     Linear {
         weight: Initializer::Normal { mean: 0.0, std: 0.02 }.init([d_in, d_out], dev),
@@ -96,9 +105,18 @@ impl<B: FusedOps> WindowAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [bw, n, c] = x.dims();
         let (h, hd) = (self.heads, c / self.heads);
-        let qkv = permute(apply(&self.qkv, x).reshape([bw, n, 3, h, hd]), [2, 0, 3, 1, 4]);
-        let part = |i| qkv.clone().narrow(0, i, 1).reshape([bw, h, n, hd]);
-        let (q, k, v) = (part(0), part(1), part(2));
+        // q, k and v each from its third of qkv's columns (timm's order q | k | v) rather than as
+        // slices of one [.., 3C] product: the gradient of a slice is a zero-filled tensor of the
+        // whole product per part, three of them summed, where a third of the weights has a
+        // [C, C] one.
+        let third = |i: usize| {
+            let weight = self.qkv.weight.val().narrow(1, i * c, c);
+            let bias = self.qkv.bias.as_ref().map(|b| b.val().narrow(0, i * c, c));
+            affine(x.clone(), weight, bias).reshape([bw, n, h, hd])
+        };
+        let q = permute(third(0), [0, 2, 1, 3]); // [B·nW, heads, N, hd]
+        let k_t = permute(third(1), [0, 2, 3, 1]); // [B·nW, heads, hd, N]
+        let v = permute(third(2), [0, 2, 1, 3]);
 
         let bias = self
             .relative_position_bias_table
@@ -106,7 +124,7 @@ impl<B: FusedOps> WindowAttention<B> {
             .select(0, self.relative_position_index.clone()) // [N·N, heads]
             .reshape([n, n, h])
             .permute([2, 0, 1]); // [heads, N, N]
-        let scores = q.mul_scalar((hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3));
+        let scores = q.mul_scalar((hd as f64).powf(-0.5)).matmul(k_t);
         // softmax(scores + bias + mask): mask [nW, N, N] repeats for every image of the batch.
         let attn = window_softmax(scores, bias, mask);
         let out = permute(attn.clone().matmul(v), [0, 2, 1, 3]).reshape([bw, n, c]);
