@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::fused::{FusedOps, permute, softmax};
+use crate::fused::{FusedOps, mean_dim, permute, softmax};
 
 /// EA (eq. 1–3): a k=3 conv to M memory units over the raster token sequence, EANet's double
 /// normalisation, a k=1 conv back to D, and a residual.
@@ -86,8 +86,8 @@ impl<B: FusedOps> CrossSpatialAttention<B> {
         }
         let [b, n, d] = x.dims();
         let x2 = permute(x, [0, 2, 1]).reshape([b, d, h, w]);
-        let a_h = softmax(self.conv_h.forward(x2.clone().mean_dim(3)), 2); // [B, D, H, 1]
-        let a_w = softmax(self.conv_w.forward(x2.clone().mean_dim(2)), 3); // [B, D, 1, W]
+        let a_h = softmax(self.conv_h.forward(mean_dim(x2.clone(), 3)), 2); // [B, D, H, 1]
+        let a_w = softmax(self.conv_w.forward(mean_dim(x2.clone(), 2)), 3); // [B, D, 1, W]
         permute((x2 * (a_h + a_w)).reshape([b, d, n]), [0, 2, 1])
     }
 }

@@ -12,7 +12,7 @@ use crate::drop_path::DropMasks;
 use crate::eaca::Eaca;
 use crate::ffm::ffm;
 use crate::fsm::{AttentionMap, pool_selected, select_tokens};
-use crate::fused::{FusedOps, layer_norm as norm};
+use crate::fused::{FusedOps, layer_norm as norm, mean_dim};
 use crate::swin::{PatchEmbed, PatchMerging, SwinBlock, SwinStage, apply, layer_norm, linear};
 
 /// One module per branch stage; the field names give `branch_proj.s2…`, `eaca.s4…` (§2.3).
@@ -228,9 +228,9 @@ fn flatten_tokens<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 }
 
 /// [B, N, C] → [B, C].
-fn mean_tokens<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 2> {
+fn mean_tokens<B: FusedOps>(x: Tensor<B, 3>) -> Tensor<B, 2> {
     let [b, _, c] = x.dims();
-    x.mean_dim(1).reshape([b, c])
+    mean_dim(x, 1).reshape([b, c])
 }
 
 /// Forces every lazily initialised parameter to draw its values now, in visit order.

@@ -1,4 +1,4 @@
-//! The fused ops (LayerNorm, softmax, the window attention's masked softmax, GELU, permute) against
+//! The fused ops (LayerNorm, softmax, the window attention's masked softmax, GELU, permute, mean) against
 //! PyTorch's values (tests/fixtures/fused, from make_fused.py: f64 references) and against
 //! Burn's own decomposed ops, forward and gradient; and bit-identical on 1 and 4 threads.
 
@@ -203,6 +203,29 @@ fn gelu_matches_pytorch_and_burn() {
     assert_close("dx vs burn", dx, dx_burn, 1e-5);
 }
 
+/// The mean over a dimension, first, middle and last, on a contiguous input and a transposed view:
+/// Burn's values, and PyTorch's gradient g / n, which is exact arithmetic here (each element is
+/// one division), so it is written out and compared bit for bit.
+#[test]
+fn mean_dim_equals_burns_forward_and_pytorchs_gradient() {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<B, 3>::random([5, 7, 9], normal, &FlexDevice);
+    for x in [x.clone(), x.swap_dims(0, 2)] {
+        for dim in 0..3 {
+            let mut out_dims = x.dims();
+            let n = out_dims[dim];
+            out_dims[dim] = 1;
+            let g = Tensor::<B, 3>::random(out_dims, normal, &FlexDevice);
+            let (y, [dx]) = run([x.clone()], g.clone(), |[x]| fused::mean_dim(x, dim));
+            let (y_burn, [dx_burn]) = run([x.clone()], g.clone(), |[x]| x.mean_dim(dim));
+            assert_eq!(bits(y), bits(y_burn), "dim {dim}: values");
+            assert_close("dx vs burn", dx.clone(), dx_burn, 1e-6);
+            let torch = g.div_scalar(n as f64).expand(x.dims()) + Tensor::zeros(x.dims(), &FlexDevice);
+            assert_eq!(bits(dx), bits(torch), "dim {dim}: gradient");
+        }
+    }
+}
+
 /// The materialised permute gives Burn's permute's values and gradient exactly, on contiguous
 /// inputs and on strided views (a transpose, a narrowed slice), for runs of every kind: a
 /// contiguous tail (window partition), a strided last dim (patch embedding's NCHW → NHWC).
@@ -276,7 +299,11 @@ fn fused_ops_are_bit_identical_on_1_and_4_threads() {
         let (y6, [d6]) = run([x.clone()], g.clone().swap_dims(0, 2), |[x]| {
             fused::permute(x, [2, 1, 0])
         });
+        let (y7, [d7]) = run([x.clone()], g.clone().narrow(1, 0, 1), |[x]| {
+            fused::mean_dim(x, 1)
+        });
         let mut out: Vec<_> = [y1, d1, y2, d2, y3, d3, y6, d6].into_iter().map(bits).collect();
+        out.extend([y7, d7].into_iter().map(bits));
         out.extend([y4, d4, d5].into_iter().map(bits));
         out
     };

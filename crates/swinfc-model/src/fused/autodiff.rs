@@ -79,6 +79,12 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
         record::<B, C, _, 1>(PermuteOp, [&x], inverse, y)
     }
+
+    fn fused_mean_dim(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        let shape = x.primitive.shape();
+        let y = B::float_mean_dim(x.primitive.clone(), dim);
+        record::<B, C, _, 1>(MeanOp, [&x], (shape, dim), y)
+    }
 }
 
 /// Adds `op`'s node over `parents` to the graph, with the state its backward reads when any
@@ -223,5 +229,20 @@ impl<B: FusedKernels> Backward<B, 1> for PermuteOp {
         let g = grads.consume::<B>(&ops.node);
         let dx = B::permute_contiguous(g, &ops.state);
         register!(ops, grads, [dx]);
+    }
+}
+
+#[derive(Debug)]
+struct MeanOp;
+
+impl<B: FusedKernels> Backward<B, 1> for MeanOp {
+    /// x's shape and the dimension averaged over.
+    type State = (Shape, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (shape, dim) = ops.state.clone();
+        let g = around::<B>(grads.consume::<B>(&ops.node), dim);
+        let dx = B::mean_backward(g, shape[dim]).into_primitive().tensor();
+        register!(ops, grads, [B::float_reshape(dx, shape)]);
     }
 }

@@ -106,3 +106,8 @@ pub fn write_flat<B: Backend>(
         flat.slice_assign([range], part)
     })
 }
+
+pub fn mean_backward<B: Backend>(g: Tensor<B, 3>, len: usize) -> Tensor<B, 3> {
+    let [outer, _, inner] = g.dims();
+    Tensor::ones([outer, len, inner], (&g.device(), g.dtype())) * g.div_scalar(len as f64)
+}

@@ -233,6 +233,31 @@ impl FusedKernels for Flex {
         contiguous_f32(&x)
     }
 
+    fn mean_backward(g: Tensor<Flex, 3>, len: usize) -> Tensor<Flex, 3> {
+        if g.dtype() != DType::F32 {
+            return decomposed::mean_backward(g, len);
+        }
+        let [outer, _, inner] = g.dims();
+        let gs = values(g);
+        let mut dx = vec![0.0f32; outer * len * inner];
+        let block = len * inner;
+        if let Some(per_task) = ELEMENTS.checked_div(block) {
+            let per_task = per_task.max(1);
+            dx.par_chunks_mut(per_task * block)
+                .zip(gs.par_chunks(per_task * inner))
+                .for_each(|(dx, gs)| {
+                    for (dx, g) in dx.chunks_exact_mut(block).zip(gs.chunks_exact(inner)) {
+                        for row in dx.chunks_exact_mut(inner) {
+                            for (d, g) in row.iter_mut().zip(g) {
+                                *d = g / len as f32;
+                            }
+                        }
+                    }
+                });
+        }
+        tensor(dx, [outer, len, inner])
+    }
+
     /// One buffer written once: Flex's `slice_assign` copies its whole destination before
     /// writing (burn-flex 0.21 `slice_write_impl` holds a second reference to it across the
     /// copy-on-write `storage_mut`), so the default's per-part `slice_assign` was a copy of the
@@ -434,6 +459,15 @@ mod tests {
         let ds = random([8, 2, 9, 9]);
         let dbias_ref = decomposed::window_bias_backward(ds.clone());
         assert_close("window dbias", Flex::window_bias_backward(ds), dbias_ref);
+
+        for (shape, len) in [([6, 1, 5], 7), ([12, 1, 1], 9), ([1, 1, 33], 4)] {
+            let g = random(shape);
+            assert_close(
+                "mean dx",
+                Flex::mean_backward(g.clone(), len),
+                decomposed::mean_backward(g, len),
+            );
+        }
 
         let (x, g) = (random([300]).mul_scalar(3.0), random([300]));
         assert_close(

@@ -86,6 +86,12 @@ pub trait FusedKernels: Backend {
         Self::float_permute(x, axes)
     }
 
+    /// The gradient of a mean over dim 1 of [outer, len, inner]: g [outer, 1, inner] → dx
+    /// [outer, len, inner] = g / len (PyTorch's `mean_backward`).
+    fn mean_backward(g: Tensor<Self, 3>, len: usize) -> Tensor<Self, 3> {
+        decomposed::mean_backward(g, len)
+    }
+
     /// A [len] buffer of `dtype` zeros with each `(offset, part [n])` written from `offset` on
     /// (parts not overlapping): the optimizer's flat buffers. One fill and one `slice_assign`
     /// per part, each in place on CubeBackend, where the buffer has one owner.
@@ -138,6 +144,7 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self>;
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_permute(x: FloatTensor<Self>, axes: &[usize]) -> FloatTensor<Self>;
+    fn fused_mean_dim(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
 }
 
 /// A backend that trains SwinFC: autodiff over a backend with the fused kernels.
@@ -180,6 +187,10 @@ impl<B: FusedKernels> FusedOps for B {
 
     fn fused_permute(x: FloatTensor<B>, axes: &[usize]) -> FloatTensor<B> {
         B::permute_contiguous(x, axes)
+    }
+
+    fn fused_mean_dim(x: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+        B::float_mean_dim(x, dim)
     }
 }
 
@@ -228,6 +239,17 @@ pub fn permute<B: FusedOps, const D: usize>(x: Tensor<B, D>, axes: [usize; D]) -
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_permute(
         x.into_primitive().tensor(),
         &axes,
+    )))
+}
+
+/// The mean of `x` over `dim`, kept as a dimension of 1 (Burn's `mean_dim`), whose backward is one
+/// pass (Burn's fills a tensor of ones, scales it and multiplies it by the broadcast gradient,
+/// element by element on one thread on Flex).
+pub fn mean_dim<B: FusedOps, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    assert!(dim < D, "mean over dim {dim} of a rank-{D} tensor");
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_mean_dim(
+        x.into_primitive().tensor(),
+        dim,
     )))
 }
 
