@@ -16,14 +16,18 @@ pub struct DropMasks<B: Backend> {
 
 impl<B: Backend> DropMasks<B> {
     /// `rates[i]`: block i's drop rate (a block of rate 0 gets rows of ones, never applied).
-    pub fn new(key: u64, rates: &[f64], batch: usize, device: &B::Device) -> Self {
+    /// `None` when no rate is above 0: nothing would be dropped, so nothing is uploaded.
+    pub fn new(key: u64, rates: &[f64], batch: usize, device: &B::Device) -> Option<Self> {
+        if rates.iter().all(|&r| r <= 0.0) {
+            return None;
+        }
         let streams = 2 * rates.len();
         let values = (0..streams)
             .flat_map(|stream| keep_factors(key, rates[stream / 2], stream as u64, batch))
             .collect();
-        Self {
+        Some(Self {
             masks: Tensor::from_data(TensorData::new(values, [streams, batch]), device),
-        }
+        })
     }
 }
 
@@ -65,4 +69,39 @@ pub fn splitmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexDevice;
+
+    use super::*;
+
+    #[test]
+    fn no_masks_are_made_when_every_rate_is_zero() {
+        assert!(DropMasks::<Flex>::new(7, &[0.0, 0.0, 0.0], 4, &FlexDevice).is_none());
+        assert!(DropMasks::<Flex>::new(7, &[0.0, 0.1], 4, &FlexDevice).is_some());
+    }
+
+    /// Each sample of a branch is dropped (0) or kept and scaled by 1/(1 − p), the same way for
+    /// the same key; a block of rate 0 in the same pass passes through.
+    #[test]
+    fn a_branch_drops_or_scales_whole_samples_by_its_key() {
+        let (rate, batch) = (0.5, 64);
+        let x = Tensor::<Flex, 2>::ones([batch, 3], &FlexDevice);
+        let masks = |key| DropMasks::<Flex>::new(key, &[0.0, rate], batch, &FlexDevice).unwrap();
+        let rows = |key, stream, rate| -> Vec<f32> {
+            let y = drop_path(x.clone(), rate, Some(&masks(key)), stream);
+            y.into_data().to_vec().unwrap()
+        };
+        let dropped = rows(11, 2, rate);
+        for sample in dropped.chunks_exact(3) {
+            assert!(sample == [0.0; 3] || sample == [2.0; 3], "{sample:?}");
+        }
+        assert!(dropped.contains(&0.0) && dropped.contains(&2.0));
+        assert_eq!(dropped, rows(11, 2, rate));
+        assert_ne!(dropped, rows(12, 2, rate));
+        assert_eq!(rows(11, 0, 0.0), vec![1.0; 3 * batch]);
+    }
 }

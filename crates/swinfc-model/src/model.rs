@@ -167,7 +167,7 @@ impl<B: FusedOps> SwinFc<B> {
     /// images [B, 3, H, W] → logits of every head and FSM's selection. `drop_key` enables
     /// stochastic depth for training (see [`crate::drop_path`]); `None` is evaluation.
     pub fn forward(&self, images: Tensor<B, 4>, drop_key: Option<u64>) -> SwinFcOutput<B> {
-        let drop = drop_key.map(|key| {
+        let drop = drop_key.and_then(|key| {
             let rates: Vec<f64> = self
                 .layers
                 .iter()
