@@ -581,14 +581,10 @@ pub fn probe_cuda(
 mod tests {
     use super::*;
 
-    fn tiny() -> (ModelConfig, BenchSettings) {
+    fn minimal() -> (ModelConfig, BenchSettings) {
         let cfg = ModelConfig {
-            img_size: 32,
-            embed_dim: 16,
-            branch_dim: 32,
-            ea_memory: 4,
-            num_classes: 5,
-            ..ModelConfig::preset("tiny").expect("a preset")
+            drop_path: 0.1,
+            ..ModelConfig::minimal()
         };
         let settings = BenchSettings {
             micro_batch: 2,
@@ -604,7 +600,7 @@ mod tests {
     /// (f32 on the "device", f64 on the host) agree within their tolerance, and nothing parts.
     #[test]
     fn the_cpu_agrees_with_itself_at_every_stage() {
-        let (cfg, settings) = tiny();
+        let (cfg, settings) = minimal();
         let report = probe_cpu(&cfg, &LossConfig::new(), &settings, 1.0).expect("a step");
         assert!(report.first_parting().is_none(), "{}", report.table());
         let exact = [

@@ -22,16 +22,11 @@ use swinfc_train::config::Precision;
 use swinfc_train::step::Losses;
 use swinfc_train::sync::GradSync;
 
-/// The probe's small model: a 32² input, so its last stage is one token, and drop-path on.
+/// The minimal model (its last stage one token), with drop-path on.
 fn small() -> (ModelConfig, BenchSettings) {
     let cfg = ModelConfig {
-        img_size: 32,
-        embed_dim: 8,
-        branch_dim: 16,
-        ea_memory: 4,
-        num_classes: 4,
         drop_path: 0.2,
-        ..ModelConfig::preset("tiny").expect("a preset")
+        ..ModelConfig::minimal()
     };
     let settings = BenchSettings {
         micro_batch: 2,

@@ -83,6 +83,21 @@ impl ModelConfig {
         ))
     }
 
+    /// The smallest model with every component, for tests and the probe: `tiny`'s depths and
+    /// heads at 32² inputs, so the last stage is one token (the case Burn's GPU backends got
+    /// wrong, tests/wgpu.rs), widths 8 and 16, 4 memory units, 4 classes, no drop-path.
+    pub fn minimal() -> Self {
+        Self {
+            img_size: 32,
+            embed_dim: 8,
+            branch_dim: 16,
+            ea_memory: 4,
+            num_classes: 4,
+            drop_path: 0.0,
+            ..Self::preset("tiny").expect("the tiny preset")
+        }
+    }
+
     /// Reads the `model:` section: a preset (default `tiny`) overridden by explicit keys.
     pub fn from_yaml(section: &Value) -> Result<Self, ConfigError> {
         let mut s = Section::new(Some(section), "model")?;

@@ -27,20 +27,11 @@ use swinfc_model::{FusedOps, SwinFc, TrainBackend};
 type Gpu = Autodiff<Wgpu>;
 type Cpu = Autodiff<Flex>;
 
-/// The probe's small model (a 32² input, so its last stage is one token), on wgpu and on Flex with
-/// the same weights.
+/// The minimal model (its last stage one token), on wgpu and on Flex with the same weights.
 fn small_models() -> (SwinFc<Gpu>, SwinFc<Cpu>) {
     use swinfc_model::ModelConfig;
     use swinfc_model::weights::{load_state_dict, state_dict};
-    let cfg = ModelConfig {
-        img_size: 32,
-        embed_dim: 8,
-        branch_dim: 16,
-        ea_memory: 4,
-        num_classes: 4,
-        drop_path: 0.0,
-        ..ModelConfig::preset("tiny").unwrap()
-    };
+    let cfg = ModelConfig::minimal();
     let cpu = cfg.init::<Cpu>(3, &FlexDevice);
     let (gpu, _) = load_state_dict(cfg.init::<Gpu>(3, &WgpuDevice::default()), &state_dict(&cpu)).unwrap();
     (gpu, cpu)

@@ -25,15 +25,7 @@ const SETTINGS: StepSettings = StepSettings {
 };
 
 fn device_path_equals_host_path<B: TrainBackend>(device: &B::Device) {
-    let cfg = ModelConfig {
-        img_size: 32,
-        embed_dim: 8,
-        branch_dim: 16,
-        ea_memory: 4,
-        num_classes: 5,
-        ..ModelConfig::preset("tiny").unwrap()
-    };
-    let mut model = cfg.init::<B>(7, device);
+    let mut model = ModelConfig::minimal().init::<B>(7, device);
     let mut sgd = Sgd::new(&model);
     let layout = sgd.layout().clone();
     assert!(layout.slots.iter().any(|s| s.group == ParamGroup::New));
