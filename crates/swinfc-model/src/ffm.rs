@@ -4,7 +4,7 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::fused::{FusedOps, softmax};
+use crate::fused::{FusedOps, matmul, softmax};
 
 /// [X_s2, X_s3, X_s4] (each [B, N_k, D]) → [X̂_s2, X̂_s3, X̂_s4], every term from the un-fused inputs.
 pub fn ffm<B: FusedOps>(x: [Tensor<B, 3>; 3], scale: f64) -> [Tensor<B, 3>; 3] {
@@ -19,11 +19,13 @@ pub fn ffm<B: FusedOps>(x: [Tensor<B, 3>; 3], scale: f64) -> [Tensor<B, 3>; 3] {
 
 /// x_i [B, N_i, D], x_j [B, N_j, D] → (X^{s_i}_{s_j} [B, N_j, D], X^{s_j}_{s_i} [B, N_i, D]).
 fn exchange<B: FusedOps>(x_i: Tensor<B, 3>, x_j: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-    let s = l2_normalize(x_i.clone())
-        .matmul(l2_normalize(x_j.clone()).swap_dims(1, 2))
-        .neg(); // [B, N_i, N_j] = −cos
-    let i_at_j = softmax(s.clone(), 1).swap_dims(1, 2).matmul(x_i); // [B, N_j, D]
-    let j_at_i = softmax(s, 2).matmul(x_j); // [B, N_i, D]
+    let s = matmul(
+        l2_normalize(x_i.clone()),
+        l2_normalize(x_j.clone()).swap_dims(1, 2),
+    )
+    .neg(); // [B, N_i, N_j] = −cos
+    let i_at_j = matmul(softmax(s.clone(), 1).swap_dims(1, 2), x_i); // [B, N_j, D]
+    let j_at_i = matmul(softmax(s, 2), x_j); // [B, N_i, D]
     (i_at_j, j_at_i)
 }
 

@@ -9,13 +9,13 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::config::StageGeometry;
 use crate::drop_path::{DropMasks, drop_path};
-use crate::fused::{FusedOps, LAYER_NORM_EPS, gelu, layer_norm as norm, permute, window_softmax};
+use crate::fused::{FusedOps, LAYER_NORM_EPS, gelu, layer_norm as norm, matmul, permute, window_softmax};
 
 /// The mask value timm adds between tokens of different shifted regions.
 const MASKED: f32 = -100.0;
 
 /// `linear` applied to `x` [..., d_in]: see [`affine`].
-pub(crate) fn apply<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn apply<B: FusedOps, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     affine(x, linear.weight.val(), linear.bias.as_ref().map(|b| b.val()))
 }
 
@@ -23,14 +23,18 @@ pub(crate) fn apply<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B,
 /// dimensions. The same arithmetic as `Linear::forward`'s batched form, which Burn 0.21's
 /// CubeBackend with fusion (CUDA, wgpu) got wrong when a leading dimension is 1 and `x` is a
 /// lazily fused element-wise result: a one-token stage's MLP was off by O(1) (tests/wgpu.rs).
-pub(crate) fn affine<B: Backend, const D: usize>(
+pub(crate) fn affine<B: FusedOps, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
-    let y = burn::tensor::module::linear(x.reshape([rows, dims[D - 1]]), weight, bias);
+    let y = matmul(x.reshape([rows, dims[D - 1]]), weight);
+    let y = match bias {
+        Some(bias) => y + bias.unsqueeze(),
+        None => y,
+    };
     dims[D - 1] = y.dims()[1];
     y.reshape(dims)
 }
@@ -124,10 +128,10 @@ impl<B: FusedOps> WindowAttention<B> {
             .select(0, self.relative_position_index.clone()) // [N·N, heads]
             .reshape([n, n, h])
             .permute([2, 0, 1]); // [heads, N, N]
-        let scores = q.mul_scalar((hd as f64).powf(-0.5)).matmul(k_t);
+        let scores = matmul(q.mul_scalar((hd as f64).powf(-0.5)), k_t);
         // softmax(scores + bias + mask): mask [nW, N, N] repeats for every image of the batch.
         let attn = window_softmax(scores, bias, mask);
-        let out = permute(attn.clone().matmul(v), [0, 2, 1, 3]).reshape([bw, n, c]);
+        let out = permute(matmul(attn.clone(), v), [0, 2, 1, 3]).reshape([bw, n, c]);
         (apply(&self.proj, out), attn)
     }
 }

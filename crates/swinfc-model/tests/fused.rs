@@ -1,6 +1,7 @@
-//! The fused ops (LayerNorm, softmax, the window attention's masked softmax, GELU, permute, mean) against
-//! PyTorch's values (tests/fixtures/fused, from make_fused.py: f64 references) and against
-//! Burn's own decomposed ops, forward and gradient; and bit-identical on 1 and 4 threads.
+//! The fused ops (LayerNorm, softmax, the window attention's masked softmax, GELU, permute, mean,
+//! matmul) against PyTorch's values (tests/fixtures/fused, from make_fused.py: f64 references)
+//! and against Burn's own decomposed ops, forward and gradient; and bit-identical on 1 and 4
+//! threads.
 
 use burn::backend::{Autodiff, Flex, flex::FlexDevice};
 use burn::module::Param;
@@ -226,6 +227,45 @@ fn mean_dim_equals_burns_forward_and_pytorchs_gradient() {
     }
 }
 
+/// Our matmul gives Burn's matmul's values and gradients bit for bit: one matrix (small, and
+/// large enough for gemm to use the pool), batches of transposed views (small enough to run a
+/// matrix per task), leading dims that do not nest (copied first), and K = 0.
+#[test]
+fn matmul_equals_burns_forward_and_backward() {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let random = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, normal, &FlexDevice);
+    let cases: Vec<(&str, Tensor<B, 4>, Tensor<B, 4>)> = vec![
+        ("small", random([1, 1, 7, 5]), random([1, 1, 5, 3])),
+        (
+            "gemm on the pool",
+            random([1, 1, 200, 210]),
+            random([1, 1, 210, 190]),
+        ),
+        (
+            "batch of transposes",
+            random([8, 8, 49, 32]),
+            random([8, 8, 49, 32]).swap_dims(2, 3),
+        ),
+        (
+            "leading dims swapped",
+            random([3, 4, 6, 5]).swap_dims(0, 1),
+            random([4, 3, 5, 2]),
+        ),
+        ("K = 0", random([2, 3, 4, 0]), random([2, 3, 0, 5])),
+    ];
+    for (what, lhs, rhs) in cases {
+        let [b0, b1, m, _] = lhs.dims();
+        let g = random([b0, b1, m, rhs.dims()[3]]);
+        let (y, [dl, dr]) = run([lhs.clone(), rhs.clone()], g.clone(), |[l, r]| {
+            fused::matmul(l, r)
+        });
+        let (y_burn, [dl_burn, dr_burn]) = run([lhs, rhs], g, |[l, r]| l.matmul(r));
+        assert_eq!(bits(y), bits(y_burn), "{what}: values");
+        assert_eq!(bits(dl), bits(dl_burn), "{what}: lhs gradient");
+        assert_eq!(bits(dr), bits(dr_burn), "{what}: rhs gradient");
+    }
+}
+
 /// The materialised permute gives Burn's permute's values and gradient exactly, on contiguous
 /// inputs and on strided views (a transpose, a narrowed slice), for runs of every kind: a
 /// contiguous tail (window partition), a strided last dim (patch embedding's NCHW → NHWC).
@@ -283,6 +323,7 @@ fn fused_ops_are_bit_identical_on_1_and_4_threads() {
     let gs = Tensor::<B, 4>::random([12, 3, 16, 16], normal, &FlexDevice);
     let bias = Tensor::<B, 3>::random([3, 16, 16], normal, &FlexDevice);
     let mask = Tensor::<B, 3>::random([4, 16, 16], normal, &FlexDevice).mul_scalar(-100.0);
+    let big = Tensor::<B, 2>::random([200, 200], normal, &FlexDevice);
     let norm = norm_with(
         Tensor::random([40], normal, &FlexDevice),
         Tensor::random([40], normal, &FlexDevice),
@@ -303,7 +344,11 @@ fn fused_ops_are_bit_identical_on_1_and_4_threads() {
             fused::mean_dim(x, 1)
         });
         let mut out: Vec<_> = [y1, d1, y2, d2, y3, d3, y6, d6].into_iter().map(bits).collect();
+        let (y8, [d8, d9]) = run([big.clone(), big.clone()], big.clone(), |[l, r]| {
+            fused::matmul(l, r)
+        });
         out.extend([y7, d7].into_iter().map(bits));
+        out.extend([y8, d8, d9].into_iter().map(bits));
         out.extend([y4, d4, d5].into_iter().map(bits));
         out
     };

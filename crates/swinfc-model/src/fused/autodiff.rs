@@ -80,6 +80,16 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         record::<B, C, _, 1>(PermuteOp, [&x], inverse, y)
     }
 
+    fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        let y = B::matmul(lhs.primitive.clone(), rhs.primitive.clone());
+        // Each operand is kept only for the other's gradient, as Burn's own matmul does.
+        let state = (
+            rhs.is_tracked().then(|| lhs.primitive.clone()),
+            lhs.is_tracked().then(|| rhs.primitive.clone()),
+        );
+        record::<B, C, _, 2>(MatmulOp, [&lhs, &rhs], state, y)
+    }
+
     fn fused_mean_dim(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         let shape = x.primitive.shape();
         let y = B::float_mean_dim(x.primitive.clone(), dim);
@@ -244,5 +254,29 @@ impl<B: FusedKernels> Backward<B, 1> for MeanOp {
         let g = around::<B>(grads.consume::<B>(&ops.node), dim);
         let dx = B::mean_backward(g, shape[dim]).into_primitive().tensor();
         register!(ops, grads, [B::float_reshape(dx, shape)]);
+    }
+}
+
+#[derive(Debug)]
+struct MatmulOp;
+
+/// Parents: lhs and rhs. d lhs = g · rhsᵀ, d rhs = lhsᵀ · g, each only when its parent needs it
+/// (and then the other operand is in the state).
+impl<B: FusedKernels> Backward<B, 2> for MatmulOp {
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (lhs, rhs) = ops.state;
+        let g = grads.consume::<B>(&ops.node);
+        let r = g.shape().num_dims();
+        let [lhs_node, rhs_node] = ops.parents;
+        if let (Some(node), Some(rhs)) = (lhs_node, rhs) {
+            let rhs_t = B::float_swap_dims(rhs, r - 2, r - 1);
+            grads.register::<B>(node.id, B::matmul(g.clone(), rhs_t));
+        }
+        if let (Some(node), Some(lhs)) = (rhs_node, lhs) {
+            let lhs_t = B::float_swap_dims(lhs, r - 2, r - 1);
+            grads.register::<B>(node.id, B::matmul(lhs_t, g));
+        }
     }
 }

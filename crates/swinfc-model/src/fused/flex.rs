@@ -7,6 +7,7 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexDevice;
+use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -233,6 +234,13 @@ impl FusedKernels for Flex {
         contiguous_f32(&x)
     }
 
+    fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 {
+            return Flex::float_matmul(lhs, rhs);
+        }
+        matmul_f32(lhs, rhs)
+    }
+
     fn mean_backward(g: Tensor<Flex, 3>, len: usize) -> Tensor<Flex, 3> {
         if g.dtype() != DType::F32 {
             return decomposed::mean_backward(g, len);
@@ -304,6 +312,136 @@ impl FusedKernels for Flex {
             .for_each(|(dx, (xs, gs))| math::gelu_backward(xs, gs, dx));
         tensor(dx, [n])
     }
+}
+
+/// Flex's split of gemm's work, kept so the bits are Flex's: a matrix product of at least this
+/// many multiply-adds runs on the pool inside gemm (burn-flex 0.21 `ops/matmul.rs`)...
+const GEMM_PARALLEL: usize = 192 * 192 * 192;
+/// ...and smaller ones run one matrix per task when the batch has at least this many in all.
+const BATCH_PARALLEL: usize = 128 * 128 * 128;
+
+/// lhs [..., M, K] · rhs [..., K, N] over equal leading dims: gemm on the operands' own strides,
+/// the products written straight into the output. Flex's matmul does the same arithmetic but
+/// zero-fills its output and then copies it once more to align it (burn-flex 0.21
+/// `FlexTensor::empty` through `Bytes::from_bytes_vec`), two passes on the calling thread.
+fn matmul_f32(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+    let (ls, rs) = (lhs.layout().shape().to_vec(), rhs.layout().shape().to_vec());
+    let r = ls.len();
+    if r < 2 || rs.len() != r || ls[..r - 2] != rs[..r - 2] || ls[r - 1] != rs[r - 2] {
+        return Flex::float_matmul(lhs, rhs);
+    }
+    let (m, k, n) = (ls[r - 2], ls[r - 1], rs[r - 1]);
+    let batch: usize = ls[..r - 2].iter().product();
+    let mut out_shape = ls.clone();
+    out_shape[r - 1] = n;
+    let per_matrix = m * n * k;
+    if per_matrix == 0 || batch == 0 {
+        return tensor_of(vec![0.0; batch * m * n], out_shape);
+    }
+    let (lhs, rhs) = (Matrices::of(lhs), Matrices::of(rhs));
+    let mut out = Vec::<f32>::with_capacity(batch * m * n);
+    let product = |b: usize, dst: &mut [std::mem::MaybeUninit<f32>], parallelism| {
+        // SAFETY: the operands' offsets and strides address elements of their own buffers (a
+        // Flex layout of [.., M, K] / [.., K, N]); `dst` holds the M·N outputs, all written
+        // (read_dst false).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().cast::<f32>(),
+                1,
+                n as isize,
+                false,
+                lhs.matrix(b),
+                lhs.col,
+                lhs.row,
+                rhs.matrix(b),
+                rhs.col,
+                rhs.row,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    };
+    let dst = &mut out.spare_capacity_mut()[..batch * m * n];
+    if per_matrix >= GEMM_PARALLEL && !(batch >= 4 && batch * per_matrix >= BATCH_PARALLEL) {
+        for (b, dst) in dst.chunks_exact_mut(m * n).enumerate() {
+            product(b, dst, gemm::Parallelism::Rayon(0));
+        }
+    } else if batch > 1 && batch * per_matrix >= BATCH_PARALLEL {
+        dst.par_chunks_exact_mut(m * n)
+            .enumerate()
+            .for_each(|(b, dst)| product(b, dst, gemm::Parallelism::None));
+    } else {
+        for (b, dst) in dst.chunks_exact_mut(m * n).enumerate() {
+            product(b, dst, gemm::Parallelism::None);
+        }
+    }
+    // SAFETY: gemm wrote every one of the batch·M·N elements above.
+    unsafe { out.set_len(batch * m * n) };
+    tensor_of(out, out_shape)
+}
+
+/// The matrices of a [..., rows, cols] tensor in its buffer: matrix b of the leading dims (in
+/// row-major order) starts `b · batch` elements after `start`.
+struct Matrices {
+    tensor: FlexTensor,
+    start: usize,
+    batch: isize,
+    row: isize,
+    col: isize,
+}
+
+impl Matrices {
+    /// A tensor whose leading dims do not step through its buffer as one index is copied first.
+    fn of(x: FlexTensor) -> Self {
+        let x = match batch_stride(&x) {
+            Some(_) => x,
+            None => contiguous_f32(&x),
+        };
+        let strides = x.layout().strides().to_vec();
+        let r = strides.len();
+        Self {
+            batch: batch_stride(&x).expect("a contiguous tensor's leading dims are one index"),
+            start: x.layout().start_offset(),
+            row: strides[r - 2],
+            col: strides[r - 1],
+            tensor: x,
+        }
+    }
+
+    fn matrix(&self, b: usize) -> *const f32 {
+        let offset = self.start as isize + b as isize * self.batch;
+        self.tensor.storage::<f32>()[offset as usize..].as_ptr()
+    }
+}
+
+/// The step between consecutive matrices when the leading dims of `x` (those above 1) nest as one
+/// index, as they do in a contiguous tensor or a transpose of its last two dims.
+fn batch_stride(x: &FlexTensor) -> Option<isize> {
+    let layout = x.layout();
+    let (shape, strides) = (layout.shape().to_vec(), layout.strides());
+    let r = shape.len();
+    let dims: Vec<(usize, isize)> = shape[..r - 2]
+        .iter()
+        .zip(&strides[..r - 2])
+        .filter(|(size, _)| **size > 1)
+        .map(|(size, stride)| (*size, *stride))
+        .collect();
+    let nested = dims.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0 as isize);
+    match dims.last() {
+        None => Some(0),
+        Some(&(_, inner)) => nested.then_some(inner),
+    }
+}
+
+fn tensor_of(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    Flex::float_from_data(TensorData::new(values, shape), &FlexDevice)
 }
 
 /// A strided f32 tensor copied into row-major order: its trailing dims that form one strided run

@@ -86,6 +86,11 @@ pub trait FusedKernels: Backend {
         Self::float_permute(x, axes)
     }
 
+    /// lhs [..., M, K] · rhs [..., K, N] with equal leading dims (Burn's `matmul`).
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+
     /// The gradient of a mean over dim 1 of [outer, len, inner]: g [outer, 1, inner] → dx
     /// [outer, len, inner] = g / len (PyTorch's `mean_backward`).
     fn mean_backward(g: Tensor<Self, 3>, len: usize) -> Tensor<Self, 3> {
@@ -145,6 +150,7 @@ pub trait FusedOps: Backend {
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_permute(x: FloatTensor<Self>, axes: &[usize]) -> FloatTensor<Self>;
     fn fused_mean_dim(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
+    fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// A backend that trains SwinFC: autodiff over a backend with the fused kernels.
@@ -191,6 +197,10 @@ impl<B: FusedKernels> FusedOps for B {
 
     fn fused_mean_dim(x: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
         B::float_mean_dim(x, dim)
+    }
+
+    fn fused_matmul(lhs: FloatTensor<B>, rhs: FloatTensor<B>) -> FloatTensor<B> {
+        B::matmul(lhs, rhs)
     }
 }
 
@@ -250,6 +260,18 @@ pub fn mean_dim<B: FusedOps, const D: usize>(x: Tensor<B, D>, dim: usize) -> Ten
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_mean_dim(
         x.into_primitive().tensor(),
         dim,
+    )))
+}
+
+/// lhs [..., M, K] · rhs [..., K, N] (Burn's `matmul`), through the backend's own kernel where the
+/// leading dims are equal (Flex writes the product without its zero fill and realigning copy).
+pub fn matmul<B: FusedOps, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
+    if lhs.dims()[..D - 2] != rhs.dims()[..D - 2] {
+        return lhs.matmul(rhs);
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_matmul(
+        lhs.into_primitive().tensor(),
+        rhs.into_primitive().tensor(),
     )))
 }
 
