@@ -33,6 +33,7 @@ impl FusedKernels for Flex {
         }
         let [rows, c] = x.dims();
         let (xs, gamma) = (values(x), values(gamma));
+        let (xs, gamma): (&[f32], &[f32]) = (&xs, &gamma);
         let beta = beta.map_or_else(|| vec![0.0; c], |b| values(b).to_vec());
         let (mut y, mut xhat, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows * c], vec![0.0; rows]);
         if c > 0 {
@@ -78,6 +79,7 @@ impl FusedKernels for Flex {
         }
         let [rows, c] = g.dims();
         let (gs, xhat, rstd, gamma) = (values(g), values(xhat), values(rstd), values(gamma));
+        let (gs, xhat, rstd, gamma): (&[f32], &[f32], &[f32], &[f32]) = (&gs, &xhat, &rstd, &gamma);
         let mut dx = vec![0.0; rows * c];
         if c == 0 {
             return (tensor(dx, [rows, c]), tensor(vec![], [0]), tensor(vec![], [0]));
@@ -125,6 +127,7 @@ impl FusedKernels for Flex {
         }
         let [outer, len, inner] = y.dims();
         let (ys, gs) = (values(y), values(g));
+        let (ys, gs): (&[f32], &[f32]) = (&ys, &gs);
         let mut dx = vec![0.0; outer * len * inner];
         if inner == 1 && len > 0 {
             // Softmax over contiguous rows: one dot product and one pass per row.
@@ -186,6 +189,7 @@ impl FusedKernels for Flex {
         let nw = mask.as_ref().map_or(1, |m| m.dims()[0]);
         let per_window = h * n * n;
         let (scores, bias, mask) = (values(scores), values(bias), mask.map(values));
+        let (scores, bias, mask): (&[f32], &[f32], _) = (&scores, &bias, mask.as_deref());
         let mut s = vec![0.0f32; bw * per_window];
         if per_window > 0 {
             // Window a of the batch adds the bias of every head and the mask of window a mod nW.
@@ -214,6 +218,7 @@ impl FusedKernels for Flex {
         let [bw, h, n, _] = ds.dims();
         let per_window = h * n * n;
         let ds = values(ds);
+        let ds: &[f32] = &ds;
         let mut dbias = vec![0.0f32; per_window];
         // Positions in parallel; for each, the windows are added in order.
         const SPAN: usize = 1024;
@@ -247,6 +252,7 @@ impl FusedKernels for Flex {
         }
         let [outer, _, inner] = g.dims();
         let gs = values(g);
+        let gs: &[f32] = &gs;
         let mut dx = vec![0.0f32; outer * len * inner];
         let block = len * inner;
         if let Some(per_task) = ELEMENTS.checked_div(block) {
@@ -293,6 +299,7 @@ impl FusedKernels for Flex {
         }
         let n = x.dims()[0];
         let xs = values(x);
+        let xs: &[f32] = &xs;
         let mut y = vec![0.0f32; n];
         y.par_chunks_mut(ELEMENTS)
             .zip(xs.par_chunks(ELEMENTS))
@@ -306,6 +313,7 @@ impl FusedKernels for Flex {
         }
         let n = x.dims()[0];
         let (xs, gs) = (values(x), values(g));
+        let (xs, gs): (&[f32], &[f32]) = (&xs, &gs);
         let mut dx = vec![0.0f32; n];
         dx.par_chunks_mut(ELEMENTS)
             .zip(xs.par_chunks(ELEMENTS).zip(gs.par_chunks(ELEMENTS)))
@@ -493,6 +501,8 @@ fn contiguous_f32(x: &FlexTensor) -> FlexTensor {
 }
 
 /// An f32 tensor's values in row-major order, borrowed (copied only when its layout is strided).
+/// A contiguous f32 tensor's values. Bind them as a slice once (`let xs: &[f32] = &xs;`) before a
+/// loop: each deref checks the layout and goes through the buffer's allocation controller.
 struct Values(FlexTensor);
 
 impl std::ops::Deref for Values {
