@@ -23,7 +23,7 @@ use swinfc_config::{ConfigError, Section};
 use swinfc_data::Batch;
 use swinfc_metrics::record::Phases;
 use swinfc_model::drop_path::splitmix64;
-use swinfc_model::fused::{gelu, layer_norm, softmax};
+use swinfc_model::fused::{gelu, layer_norm, matmul, mean_dim, permute, softmax};
 use swinfc_model::{LossConfig, ModelConfig, SwinFc, TrainBackend, model_and_loss_from_yaml};
 
 use swinfc_train::TrainError;
@@ -304,8 +304,9 @@ fn time_steps<B: TrainBackend>(
 }
 
 /// The ops that dominate the CPU train step, one at a time on the tiny config's shapes
-/// (micro-batch 8, stage 1 and the stage-2 branch), forward + backward: which kernels the step's
-/// time goes to. bench/torch/ops.py times the same ops in PyTorch. Returns (op, median ms).
+/// (micro-batch 8, stage 1 and the stage-2 branch), forward + backward, each as the model computes
+/// it (`swinfc_model::fused`; the linears are Burn's `Linear`): which kernels the step's time goes
+/// to. bench/torch/ops.py times the same ops in PyTorch. Returns (op, median ms).
 ///
 /// Each op's loss is `sum(op(x) * g)` with a fixed random `g`, so its backward starts from a
 /// dense gradient, as inside the network (a bare `sum()` would start from a broadcast one).
@@ -335,19 +336,17 @@ pub fn ops<B: TrainBackend>(reps: usize, device: &B::Device) -> Vec<(&'static st
         ),
         (
             "q@k^T [512,1,16,32]x[512,1,32,16]",
-            op_ms(reps, &q, |x| x.clone().matmul(x.swap_dims(2, 3))),
+            op_ms(reps, &q, |x| matmul(x.clone(), x.swap_dims(2, 3))),
         ),
         (
             "window partition [8,32,32,32]",
             op_ms(reps, &tokens, |x| {
-                x.reshape([8, 8, 4, 8, 4, 32])
-                    .permute([0, 1, 3, 2, 4, 5])
-                    .reshape([8, 1024, 32])
+                permute(x.reshape([8, 8, 4, 8, 4, 32]), [0, 1, 3, 2, 4, 5]).reshape([8, 1024, 32])
             }),
         ),
         (
             "mean over tokens (dim 1) [8,256,256]",
-            op_ms(reps, &branch, |x| x.mean_dim(1).repeat_dim(1, 256)),
+            op_ms(reps, &branch, |x| mean_dim(x, 1).repeat_dim(1, 256)),
         ),
         (
             "softmax(dim 1) [8,256,256]",
