@@ -121,6 +121,45 @@ impl FusedKernels for Flex {
         (tensor(dx, [rows, c]), tensor(dgamma, [c]), tensor(dbeta, [c]))
     }
 
+    /// Over a middle dimension (inner > 1) in one pass per outer index, columns of `inner` values
+    /// vectorised; over the last, Burn's (Flex's own row kernel, `softmax_last`). Burn moves a
+    /// middle dimension last and back, strided copies on one thread.
+    fn softmax_forward(x: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
+        let [outer, len, inner] = x.dims();
+        if x.dtype() != DType::F32 || inner == 1 {
+            return burn::tensor::activation::softmax(x, 1);
+        }
+        let xs = values(x);
+        let xs: &[f32] = &xs;
+        let mut y = vec![0.0f32; outer * len * inner];
+        let block = len * inner;
+        if block > 0 {
+            y.par_chunks_mut(block)
+                .zip(xs.par_chunks(block))
+                .for_each(|(y, xs)| {
+                    let mut max = vec![f32::NEG_INFINITY; inner];
+                    for x in xs.chunks_exact(inner) {
+                        for k in 0..inner {
+                            max[k] = max[k].max(x[k]);
+                        }
+                    }
+                    let mut sum = vec![0.0f32; inner];
+                    for (y, x) in y.chunks_exact_mut(inner).zip(xs.chunks_exact(inner)) {
+                        for k in 0..inner {
+                            y[k] = (x[k] - max[k]).exp();
+                            sum[k] += y[k];
+                        }
+                    }
+                    for y in y.chunks_exact_mut(inner) {
+                        for k in 0..inner {
+                            y[k] /= sum[k];
+                        }
+                    }
+                });
+        }
+        tensor(y, [outer, len, inner])
+    }
+
     fn softmax_backward(y: Tensor<Flex, 3>, g: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
         if y.dtype() != DType::F32 || g.dtype() != DType::F32 {
             return decomposed::softmax_backward(y, g);
@@ -590,7 +629,13 @@ mod tests {
         assert_close("ln dgamma", dgamma, dgamma_ref);
         assert_close("ln dbeta", dbeta, dbeta_ref);
 
-        for shape in [[6, 13, 1], [4, 9, 5]] {
+        for shape in [[6, 13, 1], [4, 9, 5], [3, 1, 7]] {
+            let x = random(shape).mul_scalar(4.0);
+            assert_close(
+                "softmax y",
+                Flex::softmax_forward(x.clone()),
+                burn::tensor::activation::softmax(x, 1),
+            );
             let y = Flex::softmax_forward(random(shape));
             let g = random(shape);
             let dx = Flex::softmax_backward(y.clone(), g.clone());
