@@ -447,14 +447,18 @@ struct Matrices {
 impl Matrices {
     /// A tensor whose leading dims do not step through its buffer as one index is copied first.
     fn of(x: FlexTensor) -> Self {
-        let x = match batch_stride(&x) {
-            Some(_) => x,
-            None => contiguous_f32(&x),
+        let (x, batch) = match batch_stride(&x) {
+            Some(batch) => (x, batch),
+            None => {
+                let x = contiguous_f32(&x);
+                let batch = batch_stride(&x).expect("a contiguous tensor's leading dims are one index");
+                (x, batch)
+            }
         };
         let strides = x.layout().strides().to_vec();
         let r = strides.len();
         Self {
-            batch: batch_stride(&x).expect("a contiguous tensor's leading dims are one index"),
+            batch,
             start: x.layout().start_offset(),
             row: strides[r - 2],
             col: strides[r - 1],
@@ -540,8 +544,8 @@ fn contiguous_f32(x: &FlexTensor) -> FlexTensor {
 }
 
 /// An f32 tensor's values in row-major order, borrowed (copied only when its layout is strided).
-/// A contiguous f32 tensor's values. Bind them as a slice once (`let xs: &[f32] = &xs;`) before a
-/// loop: each deref checks the layout and goes through the buffer's allocation controller.
+/// Bind them as a slice once (`let xs: &[f32] = &xs;`) before a loop: each deref checks the
+/// layout and goes through the buffer's allocation controller.
 struct Values(FlexTensor);
 
 impl std::ops::Deref for Values {
